@@ -25,7 +25,9 @@ app = typer.Typer(
 )
 
 # --- shared options (defined once) ---
-ResultsOpt = Annotated[str | None, typer.Option("--results", help="Results root (default $GROKSWEEP_RESULTS or ./results).")]
+ResultsOpt = Annotated[
+    str | None, typer.Option("--results", help="Results root (default $GROKSWEEP_RESULTS or ./results).")
+]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Join this Ray cluster (or $RAY_ADDRESS).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
 
