@@ -1,26 +1,78 @@
-"""The Parquet result store: the only module that writes result files. Ray-free.
+"""The Parquet result store: the only module that writes result files. Ray-free, torch-free.
 
-INTERFACE (pinned; the sweep driver, `groksweep train` and the studies build on it) -- filled in by
-the results work.
-
-Layout under a root (a local path or a pyarrow filesystem URI such as s3://bucket/prefix):
-  trials/sweep=<name>/<trial_id>.parquet          one row per trial
-  curves/sweep=<name>/<trial_id>/<...>.parquet    long format, one row per (trial_id, step); compacted
-                                                  into one file per trial when the trial ends
+Layout under a root (a local path, a file:// URI, or a pyarrow filesystem URI such as s3://bucket/prefix):
+  trials/sweep=<name>/<trial_id>.parquet          one row per trial, replaced atomically while it runs
+  curves/sweep=<name>/<trial_id>/<ns>-part.parquet    long format, one row per (trial_id, step), one file
+  curves/sweep=<name>/<trial_id>/<ns>-zcompact.parquet  per report; compacted into one file when the trial ends
   sweeps/<name>/                                  the sweep's own files (spec, tune/, optuna.journal, logs)
+
+Every column's dtype is fixed once (TRIAL_SCHEMA, CURVE_SCHEMA; documented in results/README.md). Readers
+scan with that schema, so a column added later reads as null in old files instead of failing the scan, and
+they deduplicate (object stores have no atomic rename; Tune may re-send steps after a restore).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import io
 import os
+import re
+import socket
+import time
+import uuid
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from orchestrator import UserError
+from trainers.config import FIELD_NAMES, PRESETS, TrainConfig, _field_type
+from trainers.metrics import CENSORED, EVENTS, METRICS
 
 # Trial status values. A row whose status is FINAL is never overwritten.
 RUNNING, COMPLETED, FAILED, STOPPED = "running", "completed", "failed", "stopped"
+STATUSES = (RUNNING, COMPLETED, FAILED, STOPPED)
 FINAL = frozenset({COMPLETED, STOPPED})
+
+# Libraries whose versions every trial row records (read from package metadata: nothing is imported).
+VERSIONED = ("torch", "ray", "optuna", "polars", "groksweep")
+
+_POLARS_TYPE = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
+TIMESTAMP = pl.Datetime("us", "UTC")
+
+# --- the schema, defined once: add new columns at the end; never change a dtype ---
+TRIAL_SCHEMA: dict[str, pl.DataType] = {
+    "sweep": pl.String,
+    "trial_id": pl.String,
+    **{name: _POLARS_TYPE[_field_type(name)[0]] for name in FIELD_NAMES},
+    "status": pl.String,
+    "steps_run": pl.Int64,
+    **{name: pl.Int64 for name in EVENTS},
+    CENSORED: pl.Boolean,
+    **{name: pl.Float64 for name in METRICS},
+    "wall_s": pl.Float64,
+    "device": pl.String,
+    "host": pl.String,
+    **{f"{lib}_version": pl.String for lib in VERSIONED},
+    "started_at": TIMESTAMP,
+    "ended_at": TIMESTAMP,
+    "error": pl.String,
+}
+CURVE_SCHEMA: dict[str, pl.DataType] = {
+    "sweep": pl.String,
+    "trial_id": pl.String,
+    "step": pl.Int64,
+    **{name: pl.Float64 for name in METRICS},
+}
+TRIAL_KEY = ("sweep", "trial_id")
+CURVE_KEY = ("sweep", "trial_id", "step")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # sweep names and trial ids become path parts
 
 
 def default_root() -> str:
@@ -28,45 +80,287 @@ def default_root() -> str:
     return os.environ.get("GROKSWEEP_RESULTS", "results")
 
 
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:
+        raise UserError(f"{kind} {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    return name
+
+
+# --- filesystems: local paths, file:// and any pyarrow URI (s3://, gs://, hdfs://) ---
+
+def _fs(root: str | Path | None) -> tuple[pafs.FileSystem, str, str | None]:
+    """(filesystem, base path in it, URI prefix polars needs for it or None when local)."""
+    root = str(default_root() if root is None else root)
+    if "://" in root and not root.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(root)
+        return fs, path.rstrip("/"), root.split("://", 1)[0] + "://"
+    if root.startswith("file://"):
+        _, path = pafs.FileSystem.from_uri(root)
+        root = path
+    return pafs.LocalFileSystem(), os.path.abspath(root), None
+
+
 def sweep_dir(root: str | Path, name: str) -> str:
-    """Where a sweep's own files live: <root>/sweeps/<name>."""
-    raise NotImplementedError
+    """Where a sweep's own files live: <root>/sweeps/<name> (a local path, or a URI for remote roots)."""
+    fs, base, prefix = _fs(root)
+    path = f"{base}/sweeps/{check_name('sweep', name)}"
+    return path if prefix is None else prefix + path
 
 
-def trial_row(sweep: str, trial_id: str, config: dict[str, Any], status: str, *, steps_run: int | None = None,
-              wall_s: float | None = None, events: dict[str, int | None] | None = None,
-              censored: bool | None = None, final_metrics: dict[str, float] | None = None,
-              device: str | None = None, started_at: Any = None, ended_at: Any = None,
-              error: str | None = None) -> dict[str, Any]:
-    """The full trial row: sweep, trial_id, every config field, status, results, host, library versions."""
-    raise NotImplementedError
+def _write_parquet(fs: pafs.FileSystem, path: str, frame: pl.DataFrame) -> None:
+    """Write so that readers never see a partial file: temp file + rename locally (atomic on POSIX);
+    object stores publish an object only when its upload completes, so write it in place there."""
+    directory, name = path.rsplit("/", 1)
+    fs.create_dir(directory, recursive=True)
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, statistics=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: listings skip it
+        with fs.open_output_stream(temp) as out:
+            out.write(buffer.getvalue())
+        os.replace(temp, path)
+    else:
+        with fs.open_output_stream(path) as out:
+            out.write(buffer.getvalue())
+
+
+def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:
+    """Every visible .parquet file under `directory` (recursively), sorted by path."""
+    selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
+    return sorted(info.path for info in fs.get_file_info(selector)
+                  if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+                  and not info.base_name.startswith("."))
+
+
+def _sweep_names(fs: pafs.FileSystem, directory: str) -> list[str]:
+    selector = pafs.FileSelector(directory, recursive=False, allow_not_found=True)
+    return sorted(info.base_name.removeprefix("sweep=") for info in fs.get_file_info(selector)
+                  if info.type == pafs.FileType.Directory and info.base_name.startswith("sweep="))
+
+
+def sweeps(root: str | Path | None = None) -> list[str]:
+    """Names of the sweeps that have trial rows or curves under `root`."""
+    fs, base, _ = _fs(root)
+    return sorted(set(_sweep_names(fs, f"{base}/trials")) | set(_sweep_names(fs, f"{base}/curves")))
+
+
+# --- trial rows ---
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+    parsed = dt.datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+@cache
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for lib in VERSIONED:
+        try:
+            versions[f"{lib}_version"] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[f"{lib}_version"] = None
+    return versions
+
+
+def _config_values(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Every config field: defaults, then the named preset (if any), then the given values. Not
+    validated -- a failed trial's bad config is still recorded as given."""
+    if isinstance(config, TrainConfig):
+        return dataclasses.asdict(config)
+    values = dataclasses.asdict(TrainConfig())
+    if config.get("preset") in PRESETS:
+        values.update(PRESETS[config["preset"]])
+    values.update({name: config[name] for name in FIELD_NAMES if name in config})
+    return values
+
+
+def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], status: str, *,
+              steps_run: int | None = None, wall_s: float | None = None,
+              events: dict[str, int | None] | None = None, censored: bool | None = None,
+              final_metrics: dict[str, float] | None = None, device: str | None = None,
+              started_at: Any = None, ended_at: Any = None, error: str | None = None) -> dict[str, Any]:
+    """The full trial row: sweep, trial_id, every config field, status, results, host, library versions.
+    Timestamps may be datetimes, epoch seconds or ISO strings (stored as UTC)."""
+    if status not in STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    events, final_metrics = events or {}, final_metrics or {}
+    row = {
+        "sweep": check_name("sweep", sweep),
+        "trial_id": check_name("trial id", trial_id),
+        **_config_values(config),
+        "status": status,
+        "steps_run": steps_run,
+        **{name: events.get(name) for name in EVENTS},
+        CENSORED: censored,
+        **{name: final_metrics.get(name) for name in METRICS},
+        "wall_s": wall_s,
+        "device": device,
+        "host": socket.gethostname(),
+        **library_versions(),
+        "started_at": _timestamp(started_at),
+        "ended_at": _timestamp(ended_at),
+        "error": error,
+    }
+    assert row.keys() == TRIAL_SCHEMA.keys()
+    return row
+
+
+def _trial_path(base: str, sweep: str, trial_id: str) -> str:
+    return f"{base}/trials/sweep={check_name('sweep', sweep)}/{check_name('trial id', trial_id)}.parquet"
+
+
+def read_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+    """One trial's stored row, or None if it has none yet."""
+    fs, base, _ = _fs(root)
+    path = _trial_path(base, sweep, trial_id)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_file(path) as source:
+        return pq.read_table(source).to_pylist()[0]
 
 
 def write_trial_row(root: str | Path, row: dict[str, Any]) -> bool:
-    """Write (or replace) a trial's row atomically; a FINAL row already there is kept. True if written."""
-    raise NotImplementedError
+    """Write (or replace) a trial's row atomically; a FINAL row already there is kept. True if written.
+    Idempotent on (sweep, trial_id): the trial's one file is replaced."""
+    fs, base, _ = _fs(root)
+    stored = read_trial_row(root, row["sweep"], row["trial_id"])
+    if stored is not None and stored.get("status") in FINAL:
+        return False
+    if stored is not None and row.get("started_at") is None:  # the running row knew when it started
+        row = {**row, "started_at": stored.get("started_at")}
+    unknown = set(row) - TRIAL_SCHEMA.keys()
+    if unknown:
+        raise ValueError(f"trial row: unknown columns {sorted(unknown)}; build rows with trial_row()")
+    frame = pl.DataFrame([{name: row.get(name) for name in TRIAL_SCHEMA}], schema=TRIAL_SCHEMA)
+    _write_parquet(fs, _trial_path(base, row["sweep"], row["trial_id"]), frame)
+    return True
+
+
+# --- curves ---
+
+def _curve_dir(base: str, sweep: str, trial_id: str) -> str:
+    return f"{base}/curves/sweep={check_name('sweep', sweep)}/{check_name('trial id', trial_id)}"
+
+
+def _curve_frame(sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows (each: step + any of METRICS; other keys ignored) as a frame with the curve schema."""
+    records = [{"sweep": sweep, "trial_id": trial_id, "step": int(r["step"]),
+                **{name: (None if r.get(name) is None else float(r[name])) for name in METRICS}} for r in rows]
+    return pl.DataFrame(records, schema=CURVE_SCHEMA)
 
 
 def write_curve_rows(root: str | Path, sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
-    """Append evaluation rows (each: step + metrics); idempotent on (trial_id, step)."""
-    raise NotImplementedError
+    """Append evaluation rows (each: step + metrics); idempotent on (trial_id, step).
+
+    Each call adds one small file named by its write time; readers and `compact_curves` keep the most
+    recently written row per step, so steps re-sent after a restore replace the old ones."""
+    if not rows:
+        return
+    fs, base, _ = _fs(root)
+    frame = _curve_frame(sweep, trial_id, rows).unique(subset="step", keep="last", maintain_order=True)
+    _write_parquet(fs, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
 
 
 def compact_curves(root: str | Path, sweep: str, trial_id: str) -> None:
-    """Merge a trial's per-report curve files into one, deduplicated on step."""
-    raise NotImplementedError
+    """Merge a trial's per-report curve files into one, deduplicated on step (latest write wins).
+
+    The merged file sorts after every part it replaces and before any part written later; the parts are
+    deleted only after it is in place, so a reader sees every step at least once (and deduplicates)."""
+    fs, base, prefix = _fs(root)
+    directory = _curve_dir(base, sweep, trial_id)
+    files = _parquet_files(fs, directory)
+    if len(files) <= 1:
+        return
+    merged = (_scan(files, CURVE_SCHEMA, prefix).unique(subset="step", keep="last", maintain_order=True)
+              .sort("step").collect())
+    newest = files[-1].rsplit("/", 1)[1].split("-", 1)[0]
+    _write_parquet(fs, f"{directory}/{newest}-zcompact.parquet", merged)
+    for path in files:
+        if not path.endswith(f"/{newest}-zcompact.parquet"):
+            fs.delete_file(path)
+
+
+# --- readers ---
+
+def _scan(files: list[str], schema: dict[str, pl.DataType], prefix: str | None) -> pl.LazyFrame:
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    sources = files if prefix is None else [prefix + path for path in files]
+    # `schema` fixes every dtype; `missing_columns="insert"` reads a column older files lack as null.
+    return pl.scan_parquet(sources, schema=schema, missing_columns="insert", extra_columns="ignore",
+                           hive_partitioning=False, glob=False)
+
+
+def _table_files(root: str | Path | None, table: str, names: list[str] | None) -> tuple[list[str], str | None]:
+    fs, base, prefix = _fs(root)
+    if names is None:
+        return _parquet_files(fs, f"{base}/{table}"), prefix
+    known = sweeps(root)
+    for name in names:
+        if name not in known:
+            shown = ", ".join(known) if known else "none"
+            raise UserError(f"unknown sweep {name!r} under {root if root is not None else default_root()} "
+                            f"(known: {shown})")
+    return [f for name in names for f in _parquet_files(fs, f"{base}/{table}/sweep={name}")], prefix
 
 
 def trials(root: str | Path | None = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
-    """All trial rows (deduplicated), with the documented dtypes."""
-    raise NotImplementedError
+    """All trial rows (deduplicated on sweep, trial_id), with the documented dtypes. A lazy scan over the
+    files present now: collect it soon (a later compaction may remove curve files it lists)."""
+    files, prefix = _table_files(root, "trials", sweeps)
+    return _scan(files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last", maintain_order=True)
 
 
 def curves(root: str | Path | None = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
-    """All curve rows (deduplicated on sweep, trial_id, step), with the documented dtypes."""
-    raise NotImplementedError
+    """All curve rows (deduplicated on sweep, trial_id, step; latest write wins), with the documented
+    dtypes. Files are scanned in write order, so `keep="last"` keeps the newest value of a step."""
+    files, prefix = _table_files(root, "curves", sweeps)
+    return _scan(files, CURVE_SCHEMA, prefix).unique(subset=list(CURVE_KEY), keep="last", maintain_order=True)
+
+
+def collect(build: Any, retries: int = 3) -> pl.DataFrame:
+    """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished
+    mid-read (a curve compaction ran concurrently)."""
+    for attempt in range(retries + 1):
+        try:
+            frame = build()
+            return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+        except (FileNotFoundError, pl.exceptions.ComputeError) as error:
+            if attempt == retries or not _looks_missing(error):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _looks_missing(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, FileNotFoundError) or "no such file" in text or "not found" in text
 
 
 def query(sql: str, root: str | Path | None = None) -> pl.DataFrame:
     """Polars SQL over the tables `trials` and `curves`; UserError on bad SQL or unknown columns."""
-    raise NotImplementedError
+
+    def build() -> pl.DataFrame:
+        context = pl.SQLContext(trials=trials(root), curves=curves(root))
+        return context.execute(sql, eager=False).collect()
+
+    try:
+        return collect(build)
+    except pl.exceptions.PolarsError as error:
+        raise UserError(f"query: {_one_line(error)}") from None
+    except (ValueError, TypeError) as error:  # polars raises some SQL parse errors as plain Python errors
+        if isinstance(error, UserError):
+            raise
+        raise UserError(f"query: {_one_line(error)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """The first meaningful line of a polars error (they append plan dumps and hints)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
