@@ -3,6 +3,7 @@
 `run`, `Evaluation` and `TrialResult` load lazily, so reading configs does not import torch.
 """
 
+import importlib
 from typing import Any
 
 from trainers.config import PRESETS, ConfigError, TrainConfig, from_dict, preset, resolve
@@ -13,7 +14,6 @@ __all__ = ["PRESETS", "ConfigError", "Evaluation", "TrainConfig", "TrialResult",
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "Evaluation", "TrialResult"):
-        from trainers import run as run_module
-
+        run_module = importlib.import_module("trainers.run")  # also binds `trainers.run`: a callable module
         return getattr(run_module, name)
     raise AttributeError(name)

@@ -1,5 +1,8 @@
 """Metric and event names (defined once, imported by Tune, the stopper, the store and the queries),
-evaluation, progress measures and the events tracker."""
+evaluation, progress measures and the events tracker.
+
+Importing this module does not import torch (the store reads the names); `evaluate` loads it.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +24,69 @@ CENSORED = "censored"  # the budget ended before val_acc >= GENERALIZE_ACC
 MEMORIZE_ACC = 0.99
 GENERALIZE_ACC = 0.99
 GENERALIZE_95_ACC = 0.95
+TOP_FREQUENCIES = 5  # fourier_sparsity counts this many strongest frequencies (Nanda 2023 finds ~5 key ones)
+
+
+class EventTracker:
+    """Events from the evaluations seen so far, plus the streak of evaluations at val_acc >= GENERALIZE_ACC."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, int | None] = dict.fromkeys(EVENTS)
+        self.streak = 0
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        first = self.events
+        if first["steps_to_memorize"] is None and metrics["train_acc"] >= MEMORIZE_ACC:
+            first["steps_to_memorize"] = step
+        if first["steps_to_generalize_95"] is None and metrics["val_acc"] >= GENERALIZE_95_ACC:
+            first["steps_to_generalize_95"] = step
+        if first["steps_to_generalize"] is None and metrics["val_acc"] >= GENERALIZE_ACC:
+            first["steps_to_generalize"] = step
+        if first["steps_to_memorize"] is not None and first["steps_to_generalize"] is not None:
+            first["grokking_delay"] = first["steps_to_generalize"] - first["steps_to_memorize"]
+        self.streak = self.streak + 1 if metrics["val_acc"] >= GENERALIZE_ACC else 0
+
+    @classmethod
+    def replay(cls, history: list[dict[str, float]]) -> EventTracker:
+        tracker = cls()
+        for row in history:
+            tracker.update(int(row["step"]), row)
+        return tracker
+
+    @property
+    def censored(self) -> bool:
+        """At the end of a run: it never reached val_acc >= GENERALIZE_ACC."""
+        return self.events["steps_to_generalize"] is None
+
+
+def evaluate(model, inputs, labels, train_idx, val_idx, loss: str, modular: bool) -> dict[str, float]:
+    """Every METRICS value, from one forward pass over the whole dataset without autograd."""
+    import torch
+
+    from trainers.optim import per_sample_loss
+
+    with torch.no_grad():
+        logits = model(inputs)
+        losses = per_sample_loss(loss, logits, labels)
+        correct = (logits.argmax(-1) == labels).to(losses.dtype)
+        train_losses = losses[train_idx]
+        norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in model.parameters()))
+        values = torch.stack([
+            train_losses.mean(), correct[train_idx].mean(), losses[val_idx].mean(), correct[val_idx].mean(),
+            norm.to(losses.dtype), (train_losses == 0).to(losses.dtype).mean(),
+        ]).tolist()
+        sparsity = fourier_sparsity(model.embedding()) if modular else float("nan")
+    names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse")
+    return {**dict(zip(names, values, strict=True)), "fourier_sparsity": sparsity}
+
+
+def fourier_sparsity(embedding) -> float:
+    """Share of the (n, k) embedding's squared norm, in the Fourier basis over Z_n, held by its
+    TOP_FREQUENCIES strongest non-constant frequencies (frequency f and n - f count as one)."""
+    import torch
+
+    spectrum = torch.fft.rfft(embedding.detach().double(), dim=0).abs().pow(2).sum(1)  # (n // 2 + 1,)
+    n = embedding.shape[0]
+    spectrum[1:(n + 1) // 2] *= 2  # f and n - f; the constant term and (even n) Nyquist term appear once
+    total = spectrum.sum()
+    return float(spectrum[1:].topk(min(TOP_FREQUENCIES, len(spectrum) - 1)).values.sum() / total)

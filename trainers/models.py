@@ -1,0 +1,141 @@
+"""The two model families: Gromov's one-hot MLP and a small decoder-only transformer.
+
+Both read out one answer per (a, b) pair, and neither computes what cannot reach that answer: the MLP
+never builds the one-hot matrix (its product is a sum of two weight rows), and the transformer's last
+layer computes only the answer position's query, attention output, MLP and unembedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.config import TrainConfig
+
+
+def _uniform(generator: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+    """nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from an explicit generator."""
+    bound = 1 / math.sqrt(fan_in)
+    return nn.Parameter((torch.rand(shape, generator=generator) * 2 - 1) * bound)
+
+
+def _normal(generator: torch.Generator, shape: tuple[int, ...], std: float) -> torch.Tensor:
+    return nn.Parameter(torch.randn(shape, generator=generator) * std)
+
+
+class MLP(nn.Module):
+    """Gromov 2023: logits = W_out phi(W_in [one-hot(a); one-hot(b)]), no biases, phi quadratic or ReLU.
+
+    W_in [one-hot(a); one-hot(b)] is the sum of rows a and n + b of `w_in`: `embedding_bag` does that
+    look-up and sum in one kernel (same parameters and maths as the dense one-hot Linear, a fraction of
+    its work). `w_in` is the transpose of that Linear's weight.
+    """
+
+    def __init__(self, n: int, width: int, activation: str, generator: torch.Generator):
+        super().__init__()
+        self.n, self.activation = n, activation
+        self.w_in = _uniform(generator, (2 * n, width), fan_in=2 * n)  # rows: a's one-hot, then b's
+        self.w_out = _uniform(generator, (n, width), fan_in=width)  # nn.Linear(width, n).weight
+
+    def inputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The row indices each pair sums, (N, 2)."""
+        return torch.stack([a, b + self.n], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.embedding_bag(x, self.w_in, mode="sum")  # (B, width)
+        h = h * h if self.activation == "quadratic" else torch.relu(h)
+        return F.linear(h, self.w_out)  # (B, n)
+
+    def embedding(self) -> torch.Tensor:
+        """Per-symbol input weights, (n, 2 * width): the Fourier-sparsity measure reads these."""
+        return torch.cat([self.w_in[: self.n], self.w_in[self.n:]], dim=1)
+
+
+class Block(nn.Module):
+    """Attention + ReLU MLP. Post-LayerNorm when `layer_norm` (openai/grok's decoder block), none for Nanda 2023.
+
+    Attention runs over at most 4 positions, so scores are elementwise products and sums: far cheaper
+    than a batch of 3x3 matrix products.
+    """
+
+    def __init__(self, d_model: int, heads: int, d_mlp: int, layer_norm: bool, generator: torch.Generator):
+        super().__init__()
+        self.heads = heads
+        std = 1 / math.sqrt(d_model)  # Nanda 2023's init
+        self.w_qkv = _normal(generator, (d_model, 3 * d_model), std)  # x @ w_qkv -> [q | k | v]
+        self.w_o = _normal(generator, (d_model, d_model), std)
+        self.w_in = _normal(generator, (d_model, d_mlp), std)
+        self.b_in = nn.Parameter(torch.zeros(d_mlp))
+        self.w_out = _normal(generator, (d_mlp, d_model), std)
+        self.b_out = nn.Parameter(torch.zeros(d_model))
+        self.ln_attn = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.ln_mlp = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d), or (B, d) for the last position only."""
+        B, T, d = x.shape
+        H, dh = self.heads, d // self.heads
+        kv = x @ self.w_qkv[:, d:]  # (B, T, 2d)
+        k, v = kv.view(B, T, 2, H, dh).unbind(2)  # (B, T, H, dh) each
+        if last_only:
+            q = (x[:, -1] @ self.w_qkv[:, :d]).view(B, 1, H, dh)
+            scores = (q * k).sum(-1) / math.sqrt(dh)  # (B, T, H): the last query sees every position
+            z = (scores.softmax(1).unsqueeze(-1) * v).sum(1).reshape(B, d)  # (B, d)
+            x = x[:, -1]
+        else:
+            q = (x @ self.w_qkv[:, :d]).view(B, T, H, dh)
+            scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) / math.sqrt(dh)  # (B, Tq, Tk, H)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().view(1, T, T, 1)
+            weights = scores.masked_fill(~causal, float("-inf")).softmax(2)
+            z = (weights.unsqueeze(-1) * v.unsqueeze(1)).sum(2).reshape(B, T, d)  # (B, T, d)
+        x = self.ln_attn(x + z @ self.w_o)
+        mlp = torch.relu(x @ self.w_in + self.b_in) @ self.w_out + self.b_out
+        return self.ln_mlp(x + mlp)
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer over `a b =` (Nanda 2023) or `a op b =` (Power 2022); reads the answer at `=`."""
+
+    def __init__(self, n: int, layers: int, d_model: int, heads: int, d_mlp: int, layer_norm: bool,
+                 op_token: bool, generator: torch.Generator):
+        super().__init__()
+        self.n, self.op_token = n, op_token
+        n_tokens = 4 if op_token else 3
+        std = 1 / math.sqrt(d_model)
+        self.embed = _normal(generator, (n + n_tokens - 2, d_model), std)  # symbols, then `op` if used, then `=`
+        self.pos = _normal(generator, (n_tokens, d_model), std)
+        self.blocks = nn.ModuleList(Block(d_model, heads, d_mlp, layer_norm, generator) for _ in range(layers))
+        self.unembed = _normal(generator, (d_model, n), 1 / math.sqrt(n))
+
+    def inputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Token ids, (N, 3) or (N, 4)."""
+        if self.op_token:
+            return torch.stack([a, torch.full_like(a, self.n), b, torch.full_like(a, self.n + 1)], dim=1)
+        return torch.stack([a, b, torch.full_like(a, self.n)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.embedding(x, self.embed) + self.pos  # (B, T, d)
+        for i, block in enumerate(self.blocks):
+            h = block(h, last_only=i == len(self.blocks) - 1)
+        return h @ self.unembed  # (B, n)
+
+    def embedding(self) -> torch.Tensor:
+        return self.embed[: self.n]  # (n, d_model)
+
+
+def build_model(config: TrainConfig, n: int) -> nn.Module:
+    """The config's model over `n` symbols, initialised from `config.seed` and scaled by `init_scale`."""
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.model == "mlp":
+        model: nn.Module = MLP(n, config.width, config.activation, generator)
+    else:
+        model = Transformer(n, config.layers, config.d_model, config.heads, config.d_mlp, config.layer_norm,
+                            config.op_token, generator)
+    if config.init_scale != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(config.init_scale)
+    return model
