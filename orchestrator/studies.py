@@ -259,3 +259,29 @@ def phase(names: list[str], x: str, y: str, root: str | Path | None = None,
         x, y, "phase", "n_trials", *(f"n_{p}" for p in PHASES))
     return PhaseDiagram(x=x, y=y, thresholds=thresholds, rows=rows,
                         trials=labelled.select("sweep", "trial_id", x, y, "phase", CENSORED))
+
+
+# --- curves for a plot ---
+
+PLOT_TRIALS = 8
+
+
+def curves_for_plot(name: str, trial_ids: list[str] | None = None, root: str | Path | None = None,
+                    limit: int = PLOT_TRIALS) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(curves, trials) of the chosen trials; by default `limit` trials spread evenly over the sweep's
+    range of steps_to_generalize (censored last), so fast, slow and censored runs all show."""
+    trials = store.collect(lambda: store.trials(root, [name]))
+    if trial_ids:
+        unknown = sorted(set(trial_ids) - set(trials["trial_id"].to_list()))
+        if unknown:
+            raise UserError(f"unknown trial(s) {', '.join(unknown)} in sweep {name!r}")
+        chosen = trial_ids
+    else:
+        ordered = trials.sort("steps_to_generalize", "trial_id", nulls_last=True)["trial_id"].to_list()
+        picks = np.unique(np.linspace(0, len(ordered) - 1, min(limit, len(ordered))).round().astype(int))
+        chosen = [ordered[i] for i in picks] if ordered else []
+    curves = store.collect(lambda: store.curves(root, [name]).filter(pl.col("trial_id").is_in(chosen)))
+    if curves.is_empty():
+        raise UserError(f"no curves stored for {'trial(s) ' + ', '.join(chosen) if trial_ids else 'sweep'} "
+                        f"in sweep {name!r}")
+    return curves, trials.filter(pl.col("trial_id").is_in(chosen))
