@@ -117,8 +117,13 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
 
     stopped_by_report = False
     evaluations_since_save = 0
+    def evaluation_due() -> bool:  # not when resuming at the step the checkpoint already evaluated
+        if history and history[-1]["step"] == step:
+            return False
+        return step % config.eval_every == 0 or step == config.max_steps
+
     while True:
-        if step == 0 or step % config.eval_every == 0 or step == config.max_steps:
+        if evaluation_due():
             model.eval()
             metrics = evaluate(model, inputs, data.labels, data.train_idx, data.val_idx, config.loss, modular)
             model.train()
@@ -134,6 +139,8 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
                 break
             if done:
                 break
+        elif finished():  # resumed from the final checkpoint of a finished run
+            break
         rows = batch_indices(config, len(train_labels), step)
         x, y = (train_inputs, train_labels) if rows is None else (train_inputs[rows], train_labels[rows])
         for group in optimizer.param_groups:
