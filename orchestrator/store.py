@@ -288,13 +288,18 @@ def compact_curves(root: str | Path, sweep: str, trial_id: str) -> None:
 
 # --- readers ---
 
+_WIDEN = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast", datetime_cast=["nanosecond-downcast",
+                                                                                      "convert-timezone"])
+
+
 def _scan(files: list[str], schema: dict[str, pl.DataType], prefix: str | None) -> pl.LazyFrame:
     if not files:
         return pl.LazyFrame(schema=schema)
     sources = files if prefix is None else [prefix + path for path in files]
-    # `schema` fixes every dtype; `missing_columns="insert"` reads a column older files lack as null.
+    # `schema` fixes every dtype; `missing_columns="insert"` reads a column older files lack as null; files
+    # written by other tools with narrower numbers (int32 steps, float32 metrics) are widened.
     return pl.scan_parquet(sources, schema=schema, missing_columns="insert", extra_columns="ignore",
-                           hive_partitioning=False, glob=False)
+                           cast_options=_WIDEN, hive_partitioning=False, glob=False)
 
 
 def _table_files(root: str | Path | None, table: str, names: list[str] | None) -> tuple[list[str], str | None]:
