@@ -1,10 +1,14 @@
 """The Parquet result store: the only module that writes result files. Ray-free, torch-free.
 
 Layout under a root (a local path, a file:// URI, or a pyarrow filesystem URI such as s3://bucket/prefix):
-  trials/sweep=<name>/<trial_id>.parquet          one row per trial, replaced atomically while it runs
-  curves/sweep=<name>/<trial_id>/<ns>-part.parquet    long format, one row per (trial_id, step), one file
-  curves/sweep=<name>/<trial_id>/<ns>-zcompact.parquet  per report; compacted into one file when the trial ends
-  sweeps/<name>/                                  the sweep's own files (spec, tune/, optuna.journal, logs)
+  trials/sweep=<name>/<trial_id>.parquet                one row per trial, replaced atomically while it runs
+  curves/sweep=<name>/<trial_id>/<ns>-part.parquet      long format, one row per (trial_id, step): one file
+  curves/sweep=<name>/<trial_id>/<ns>-zcompact.parquet  per report, merged into one when the trial ends
+  trials/sweep=<name>/<ns>-sweep.parquet                when the sweep ends, `compact_sweep` merges its final
+  curves/sweep=<name>/<ns>-sweep.parquet                trials' rows and curves into one file per table
+  sweeps/<name>/                                        the sweep's own files (spec, tune/, optuna.journal, logs)
+<ns> is the write time in nanoseconds (20 digits): files sort in write order, and readers keep the latest
+row of each key.
 
 Every column's dtype is fixed once (TRIAL_SCHEMA, CURVE_SCHEMA; documented in results/README.md). Readers
 scan with that schema, so a column added later reads as null in old files instead of failing the scan, and
@@ -83,7 +87,18 @@ def default_root() -> str:
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:
         raise UserError(f"{kind} {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    if kind == "trial id" and _WRITTEN.match(name):
+        raise UserError(f"trial id {name!r}: 20 digits and '-' are reserved for compacted files")
     return name
+
+
+_WRITTEN = re.compile(r"^(\d{20})-")  # file names that start with their write time in ns
+
+
+def _write_order(path: str) -> tuple[str, str]:
+    """Sort key: files named by write time in write order (after any others), then by path."""
+    name = path.rsplit("/", 1)[-1]
+    return (name[:20] if _WRITTEN.match(name) else "", path)
 
 
 # --- filesystems: local paths, file:// and any pyarrow URI (s3://, gs://, hdfs://) ---
@@ -124,12 +139,12 @@ def _write_parquet(fs: pafs.FileSystem, path: str, frame: pl.DataFrame) -> None:
             out.write(buffer.getvalue())
 
 
-def _parquet_files(fs: pafs.FileSystem, directory: str) -> list[str]:
-    """Every visible .parquet file under `directory` (recursively), sorted by path."""
-    selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
-    return sorted(info.path for info in fs.get_file_info(selector)
-                  if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
-                  and not info.base_name.startswith("."))
+def _parquet_files(fs: pafs.FileSystem, directory: str, recursive: bool = True) -> list[str]:
+    """Every visible .parquet file under `directory`, in write order (see _write_order)."""
+    selector = pafs.FileSelector(directory, recursive=recursive, allow_not_found=True)
+    return sorted((info.path for info in fs.get_file_info(selector)
+                   if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+                   and not info.base_name.startswith(".")), key=_write_order)
 
 
 def _sweep_names(fs: pafs.FileSystem, directory: str) -> list[str]:
@@ -225,11 +240,21 @@ def read_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any
         return pq.read_table(source).to_pylist()[0]
 
 
+def _compacted_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+    """A trial's row in the sweep's compacted trial files (final rows only), or None."""
+    fs, base, prefix = _fs(root)
+    files = [f for f in _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
+             if _WRITTEN.match(f.rsplit("/", 1)[-1])]
+    found = _scan(files, TRIAL_SCHEMA, prefix).filter(pl.col("trial_id") == trial_id).head(1).collect()
+    return found.row(0, named=True) if found.height else None
+
+
 def write_trial_row(root: str | Path, row: dict[str, Any]) -> bool:
     """Write (or replace) a trial's row atomically; a FINAL row already there is kept. True if written.
     Idempotent on (sweep, trial_id): the trial's one file is replaced."""
     fs, base, _ = _fs(root)
-    stored = read_trial_row(root, row["sweep"], row["trial_id"])
+    stored = read_trial_row(root, row["sweep"], row["trial_id"]) or _compacted_trial_row(root, row["sweep"],
+                                                                                        row["trial_id"])
     if stored is not None and stored.get("status") in FINAL:
         return False
     if stored is not None and row.get("started_at") is None:  # the running row knew when it started
@@ -260,10 +285,20 @@ def write_curve_rows(root: str | Path, sweep: str, trial_id: str, rows: list[dic
 
     Each call adds one small file named by its write time; readers and `compact_curves` keep the most
     recently written row per step, so steps re-sent after a restore replace the old ones."""
-    if not rows:
+    if rows:
+        write_curve_frame(root, sweep, trial_id, _curve_frame(sweep, trial_id, rows))
+
+
+def write_curve_frame(root: str | Path, sweep: str, trial_id: str, frame: pl.DataFrame) -> None:
+    """`write_curve_rows` for a polars frame with a `step` column and any of METRICS (e.g. a whole
+    TrialResult.history at once); other columns are ignored, missing metrics are null."""
+    if frame.is_empty():
         return
     fs, base, _ = _fs(root)
-    frame = _curve_frame(sweep, trial_id, rows).unique(subset="step", keep="last", maintain_order=True)
+    frame = frame.with_columns(sweep=pl.lit(sweep), trial_id=pl.lit(trial_id))
+    frame = (frame.select(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+                          for name, dtype in CURVE_SCHEMA.items())
+             .unique(subset="step", keep="last", maintain_order=True))
     _write_parquet(fs, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
 
 
@@ -284,6 +319,58 @@ def compact_curves(root: str | Path, sweep: str, trial_id: str) -> None:
     for path in files:
         if not path.endswith(f"/{newest}-zcompact.parquet"):
             fs.delete_file(path)
+
+
+def compact_sweep(root: str | Path, sweep: str) -> None:
+    """When a sweep ends: merge its FINAL trials' rows into one trial file and their curves into one curve
+    file, so reading a 10,000-trial sweep opens two files, not 20,000. Trials still running or failed keep
+    their own files. Safe to repeat and to run beside readers (they deduplicate while both copies exist)."""
+    fs, base, prefix = _fs(root)
+    trial_dir = f"{base}/trials/sweep={check_name('sweep', sweep)}"
+    curve_dir = f"{base}/curves/sweep={sweep}"
+    trial_files = _parquet_files(fs, trial_dir, recursive=False)
+    rows = _scan(trial_files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last").collect()
+    final = rows.filter(pl.col("status").is_in(list(FINAL))).sort("trial_id")
+    if final.is_empty():
+        return
+    final_ids = set(final["trial_id"].to_list())
+
+    def merged(path: str, directory: str) -> bool:  # a compacted file, or a file of a final trial
+        relative = path[len(directory) + 1:]
+        return ("/" not in relative and _WRITTEN.match(relative) is not None) or relative.split("/")[0] in final_ids \
+            or relative.removesuffix(".parquet") in final_ids
+
+    curve_files = [f for f in _parquet_files(fs, curve_dir) if merged(f, curve_dir)]
+    if curve_files:  # curves first: a final trial's curve files are deleted only once they are merged
+        curves_merged = (_scan(curve_files, CURVE_SCHEMA, prefix)
+                         .unique(subset=list(CURVE_KEY), keep="last", maintain_order=True)
+                         .sort("trial_id", "step").collect())
+        newest = max(_write_order(f)[0] for f in curve_files) or f"{time.time_ns():020d}"
+        target = f"{curve_dir}/{newest}-sweep.parquet"
+        _write_parquet(fs, target, curves_merged)
+        _delete(fs, [f for f in curve_files if f != target])
+        for trial_id in final_ids:
+            _delete_empty_dir(fs, f"{curve_dir}/{trial_id}")
+    target = f"{trial_dir}/{time.time_ns():020d}-sweep.parquet"
+    _write_parquet(fs, target, final)
+    _delete(fs, [f for f in trial_files if f != target and merged(f, trial_dir)])
+
+
+def _delete(fs: pafs.FileSystem, paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:  # another compaction got there first
+            pass
+
+
+def _delete_empty_dir(fs: pafs.FileSystem, path: str) -> None:
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return  # object stores have no directories to leave behind
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty (a part arrived meanwhile) or already gone
+        pass
 
 
 # --- readers ---

@@ -107,6 +107,36 @@ def test_curves_are_deduplicated_latest_write_wins_and_compacted(tmp_path):
     assert _steps(store.curves(tmp_path).filter(pl.col("trial_id") == "t0").collect())[50] == 0.97
 
 
+def test_compact_sweep_merges_final_trials_into_one_file_per_table(tmp_path):
+    for i in range(6):
+        status = store.RUNNING if i == 5 else store.COMPLETED
+        assert store.write_trial_row(tmp_path, store.trial_row("s", f"t{i}", {"seed": i}, status, steps_run=20))
+        store.write_curve_rows(tmp_path, "s", f"t{i}", [{"step": 10, "val_acc": 0.1}])
+        store.write_curve_frame(tmp_path, "s", f"t{i}", pl.DataFrame({"step": [20], "val_acc": [i / 10], "x": [1]}))
+    before_trials = store.trials(tmp_path).sort("trial_id").collect()
+    before_curves = store.curves(tmp_path).sort("trial_id", "step").collect()
+    store.compact_sweep(tmp_path, "s")
+    trial_files = sorted(p.name for p in (tmp_path / "trials" / "sweep=s").iterdir())
+    assert len(trial_files) == 2 and trial_files[0].endswith("-sweep.parquet") and trial_files[1] == "t5.parquet"
+    curve_entries = sorted(p.name for p in (tmp_path / "curves" / "sweep=s").iterdir())
+    assert len(curve_entries) == 2 and curve_entries[0].endswith("-sweep.parquet") and curve_entries[1] == "t5"
+    assert store.trials(tmp_path).sort("trial_id").collect().equals(before_trials)
+    assert store.curves(tmp_path).sort("trial_id", "step").collect().equals(before_curves)
+    # a compacted final row is still final; the running trial finishes and a second compaction takes it in
+    assert store.write_trial_row(tmp_path, store.trial_row("s", "t0", {}, store.FAILED)) is False
+    assert store.write_trial_row(tmp_path, store.trial_row("s", "t5", {"seed": 5}, store.COMPLETED, steps_run=20))
+    store.write_curve_rows(tmp_path, "s", "t0", [{"step": 20, "val_acc": 0.5}])  # a re-sent step after compaction
+    store.compact_sweep(tmp_path, "s")
+    assert len(list((tmp_path / "trials" / "sweep=s").iterdir())) == 1
+    assert len(list((tmp_path / "curves" / "sweep=s").iterdir())) == 1
+    trials = store.trials(tmp_path).collect()
+    assert trials.height == 6 and set(trials["status"]) == {store.COMPLETED}
+    curves = store.curves(tmp_path).collect()
+    assert curves.height == 12 and _steps(curves.filter(pl.col("trial_id") == "t0"))[20] == 0.5
+    with pytest.raises(UserError, match="reserved"):
+        store.trial_row("s", "00000000000000000001-sweep", {}, store.RUNNING)
+
+
 def test_file_uri_root_and_sweep_dir(tmp_path):
     uri = f"file://{tmp_path}"
     assert store.write_trial_row(uri, _completed("s", "t0"))
@@ -166,6 +196,8 @@ WRITER = textwrap.dedent("""
             store.write_curve_rows(root, "live", tid, rows)
         store.write_trial_row(root, store.trial_row("live", tid, {"seed": i}, store.COMPLETED, steps_run=130))
         store.compact_curves(root, "live", tid)
+        if i % 10 == 9:
+            store.compact_sweep(root, "live")
 """)
 
 
