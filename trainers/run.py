@@ -5,6 +5,7 @@ The interface (`run`, `Evaluation`, `TrialResult`) is pinned: the orchestrator's
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import time
 import types
@@ -65,11 +66,24 @@ def batch_indices(config: TrainConfig, n_train: int, step: int) -> torch.Tensor 
     return order[i * config.batch_size:(i + 1) * config.batch_size]
 
 
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed large blocks instead of returning them to the OS: every step allocates the
+    same multi-MB activations, and fresh pages cost a page fault each (measured: gromov 16 -> 10 ms/step).
+    Process-wide and harmless for a training process; a no-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+    libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: serve blocks up to 32 MiB (glibc's maximum) from the heap
+
+
 def run(config: TrainConfig, report: Report | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 10) -> TrialResult:
     """Train one job. With `checkpoint_dir`, resume from the checkpoint there if any, and write one
     every `checkpoint_every` evaluations (and at the end), replacing the previous one atomically."""
     started = time.perf_counter()
+    keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -1,0 +1,219 @@
+"""Our trainer against a frozen reference loop, side by side: ms/step, ratio, useful GFLOP/step, share of peak.
+
+The reference is written the way the popular grokking reimplementations are: the MLP multiplies a dense
+one-hot matrix by an nn.Linear, the transformer runs all positions through every layer and unembeds them
+all, and the loop is plain PyTorch (autograd everywhere, default allocator). Both sides get the same
+seed, data split, initial weights (copied from ours), float32, thread count, optimiser settings and
+evaluation schedule (full-batch loss and accuracy on train and validation at every `eval_every`).
+Each side runs in its own fresh process, one after the other.
+
+Counting: "useful GFLOP/step" counts 2*m*n*k per matrix product that the answer needs (forward, and in
+backward the input- and weight-gradients), plus the evaluation forward pass over the whole dataset
+divided by eval_every. Element-wise work is not counted; neither is what cannot reach the answer
+(the one-hot product, positions other than `=` in the last layer). The same figure is used for both sides.
+
+    flock /tmp/groksweep-cpu.lock python benchmarks/trainer_speed.py            # ms/step, ~1 minute
+    flock /tmp/groksweep-cpu.lock python benchmarks/trainer_speed.py --full     # also whole runs: events
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers import preset, run
+from trainers.config import TrainConfig
+from trainers.metrics import EventTracker
+from trainers.models import build_model
+from trainers.tasks import make_dataset
+
+PRESETS = ("gromov", "nanda2023")
+THREADS = 2
+
+
+# ----- the frozen reference -----------------------------------------------------------------------------
+
+class ReferenceMLP(nn.Module):
+    """Dense one-hot input through nn.Linear, as in most Gromov-style reimplementations."""
+
+    def __init__(self, n: int, width: int):
+        super().__init__()
+        self.l1 = nn.Linear(2 * n, width, bias=False)
+        self.l2 = nn.Linear(width, n, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.l1(x) ** 2)
+
+
+class ReferenceTransformer(nn.Module):
+    """Nanda 2023 style: every position through the block, logits for all positions, then [:, -1]."""
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        self.embed, self.pos, self.unembed = ours.embed, ours.pos, ours.unembed
+        self.blocks = ours.blocks  # parameters only: the forward below is the reference's own
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed[tokens] + self.pos  # (B, T, d)
+        T = x.shape[1]
+        mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        for block in self.blocks:
+            d, H = x.shape[-1], block.heads
+            q, k, v = (x @ block.w_qkv).split(d, -1)
+            q, k, v = (t.reshape(*t.shape[:2], H, d // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+            scores = (q @ k.transpose(-1, -2) / math.sqrt(d // H)).masked_fill(mask, float("-inf"))
+            z = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+            x = block.ln_attn(x + z @ block.w_o)
+            x = block.ln_mlp(x + torch.relu(x @ block.w_in + block.b_in) @ block.w_out + block.b_out)
+        return (x @ self.unembed)[:, -1]
+
+
+def reference_run(config: TrainConfig, on_eval) -> None:
+    """The reference loop: same data, initial weights, optimiser, warm-up and evaluation schedule."""
+    data = make_dataset(config.op, config.p, config.train_fraction, config.seed)
+    ours = build_model(config, data.n_symbols)
+    n = data.n_symbols
+    if config.model == "mlp":
+        model = ReferenceMLP(n, config.width)
+        with torch.no_grad():
+            model.l1.weight.copy_(ours.w_in.t())
+            model.l2.weight.copy_(ours.w_out)
+        inputs = torch.cat([F.one_hot(data.a, n), F.one_hot(data.b, n)], dim=1).float()  # (N, 2n)
+    else:
+        model = ReferenceTransformer(ours)
+        inputs = ours.inputs(data.a, data.b)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                  weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    x_train, y_train = inputs[data.train_idx], data.labels[data.train_idx]
+    x_val, y_val = inputs[data.val_idx], data.labels[data.val_idx]
+    for step in range(config.max_steps + 1):
+        if step % config.eval_every == 0 or step == config.max_steps:
+            with torch.no_grad():
+                row = {"step": step}
+                for split, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
+                    logits = model(x)
+                    row[f"{split}_loss"] = F.cross_entropy(logits, y).item()
+                    row[f"{split}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+            if on_eval(row):
+                return
+        if step == config.max_steps:
+            return
+        loss = F.cross_entropy(model(x_train), y_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+# ----- measurement ----------------------------------------------------------------------------------------
+
+def useful_gflop_per_step(config: TrainConfig) -> float:
+    n_all = len(make_dataset(config.op, config.p, config.train_fraction, config.seed).labels)
+    n_train = round(config.train_fraction * n_all)
+    n = config.p
+    if config.model == "mlp":
+        per_sample = config.width * n  # output layer MACs (the input layer is a row look-up)
+    else:
+        d, T = config.d_model, 4 if config.op_token else 3
+        full_layer = T * (3 * d * d + d * d + 2 * d * config.d_mlp)
+        last_layer = T * 2 * d * d + d * d + d * d + 2 * d * config.d_mlp
+        per_sample = (config.layers - 1) * full_layer + last_layer + d * n
+    train = 3 * 2 * per_sample * n_train  # forward + two backward products
+    evaluation = 2 * per_sample * n_all / config.eval_every
+    return (train + evaluation) / 1e9
+
+
+def sgemm_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def worker(side: str, name: str, steps: int | None) -> dict:
+    """Train one side in this (fresh) process; time the steady state between evaluations."""
+    torch.set_num_threads(THREADS)
+    overrides = dict(threads=THREADS, dtype="float32")
+    if steps is not None:
+        overrides.update(max_steps=steps, stop_on_generalize=False)
+    config = preset(name, **overrides)
+    stamps: list[tuple[int, float]] = []
+    history: list[dict] = []
+    tracker = EventTracker()
+
+    def on_eval(row: dict) -> bool:
+        stamps.append((row["step"], time.perf_counter()))
+        history.append(row)
+        tracker.update(row["step"], row)
+        return config.stop_on_generalize and tracker.streak >= config.confirm_evals
+
+    if side == "ours":
+        run(config, report=lambda ev: on_eval({"step": ev.step, **ev.metrics}))
+    else:
+        reference_run(config, on_eval)
+    (s0, t0), (s1, t1) = stamps[1], stamps[-1]  # from the first evaluation after step 0: warm caches
+    return {"ms_per_step": (t1 - t0) / (s1 - s0) * 1000, "events": tracker.events, "steps": s1,
+            "sgemm_gflops": sgemm_gflops() if steps is not None else None}
+
+
+def spawn(side: str, name: str, steps: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", side, name] + ([] if steps is None else ["--steps", str(steps)])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="also run both sides to their events (~15 min)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the best is kept")
+    parser.add_argument("--worker", nargs=2, metavar=("SIDE", "PRESET"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.steps)))
+        return
+
+    steps = {"gromov": 200, "nanda2023": 200}
+    print(f"torch {torch.__version__}, {THREADS} threads, float32; timed: {args.repeats} runs per side, best kept")
+    print(f"{'preset':<10} {'side':<10} {'ms/step':>8} {'ratio':>6} {'GFLOP/step':>10} {'GFLOP/s':>8} "
+          f"{'% sgemm peak':>12}")
+    for name in PRESETS:
+        gflop = useful_gflop_per_step(preset(name))
+        results = {}
+        for side in ("reference", "ours"):
+            runs = [spawn(side, name, steps[name]) for _ in range(args.repeats)]
+            results[side] = min(runs, key=lambda r: r["ms_per_step"])
+            results[side]["peak"] = max(r["sgemm_gflops"] for r in runs)
+        for side in ("reference", "ours"):
+            r = results[side]
+            ratio = results["reference"]["ms_per_step"] / r["ms_per_step"]
+            rate = gflop / r["ms_per_step"] * 1000
+            print(f"{name:<10} {side:<10} {r['ms_per_step']:8.2f} {ratio:6.2f} {gflop:10.3f} {rate:8.1f} "
+                  f"{100 * rate / r['peak']:11.1f}%")
+        print(f"{'':<10} measured sgemm peak (2048^3, {THREADS} threads): {results['ours']['peak']:.0f} GFLOP/s")
+    if args.full:
+        print("\nwhole runs (each preset's budget, stop on confirmed generalisation): events")
+        for name in PRESETS:
+            events = {side: spawn(side, name, None) for side in ("reference", "ours")}
+            for side, r in events.items():
+                print(f"{name:<10} {side:<10} {r['ms_per_step']:8.2f} ms/step  {r['events']}")
+            same = events["reference"]["events"] == events["ours"]["events"]
+            print(f"{name:<10} same events: {same}")
+
+
+if __name__ == "__main__":
+    main()
