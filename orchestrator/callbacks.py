@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator import store
-from orchestrator.spec import CHECKPOINTED, OBJECTIVE, PRUNED, SweepSpec, points, trial_train_config
+from orchestrator.spec import CHECKPOINTED, CURVE, OBJECTIVE, PRUNED, SweepSpec, points, trial_train_config
 from trainers.metrics import CENSORED, EVENTS, METRICS
 
 
@@ -58,8 +58,9 @@ class StoreCallback(Callback):
             self.spec.name, trial.trial_id, self.config_of(trial), store.RUNNING, started_at=time.time()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._buffer.setdefault(trial.trial_id, []).append(
-            {"step": result["step"], **{name: result.get(name) for name in METRICS}})
+        rows = result.get(CURVE) or [result]
+        self._buffer.setdefault(trial.trial_id, []).extend(
+            {"step": row["step"], **{name: row.get(name) for name in METRICS}} for row in rows)
         if result.get(CHECKPOINTED):
             self._flush(trial.trial_id)
         if time.monotonic() - self._last_flush > self.flush_s:

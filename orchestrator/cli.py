@@ -58,8 +58,292 @@ def check_format(value: str, allowed: tuple[str, ...]) -> None:
 
 # ===== trainers: train, presets =====================================================================
 
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                  help="Override a config field (repeatable), e.g. lr=3e-3.")]
+FINAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")  # in `train --format json`
+
+
+def parse_sets(values: list[str] | None) -> dict[str, str]:
+    """`KEY=VALUE` strings to a dict (values stay strings: TrainConfig coerces and validates them)."""
+    pairs = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = value
+    return pairs
+
+
+def _store_run(results: str, name: str, result: Any) -> str:
+    """Write a finished `train` run to the result store as trial `<name>/<config hash>`; return the trial id."""
+    import hashlib
+    import json
+
+    from orchestrator import store
+
+    config = result.config.to_dict()
+    trial_id = "t" + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    store.write_curve_rows(results, name, trial_id, result.history)
+    store.compact_curves(results, name, trial_id)
+    row = store.trial_row(name, trial_id, config, store.COMPLETED, steps_run=result.steps_run, wall_s=result.wall_s,
+                          events=result.events, censored=result.censored, final_metrics=result.final_metrics,
+                          device=result.device)
+    store.write_trial_row(results, row)
+    return trial_id
+
+
+@app.command(rich_help_panel="Trainers")
+@user_errors
+def train(
+    preset_name: Annotated[str, typer.Option("--preset", help="Start from this preset (see `presets`).")] = "gromov",
+    set_values: SetOpt = None,
+    checkpoint_dir: Annotated[str | None, typer.Option(
+        "--checkpoint-dir", help="Checkpoint here periodically; run again to resume from the last one.")] = None,
+    format: FormatOpt = "table",
+    results: Annotated[str | None, typer.Option(
+        "--results", help="Also store the run (trial row + curve) under this results root.")] = None,
+    name: Annotated[str, typer.Option("--name", help="Sweep name for --results.")] = "train",
+) -> None:
+    """Train one job with a progress bar, then print its events (with --format json: the last line of
+    stdout is one flat JSON object of config, steps_run, wall_s, events, censored and final metrics).
+
+    Example: groksweep train --preset gromov --set weight_decay=0.3
+    """
+    import json
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from trainers import preset, run
+    from trainers.metrics import EVENTS
+
+    check_format(format, ("table", "json"))
+    config = preset(preset_name, **parse_sets(set_values))
+    if results is not None:
+        from orchestrator import store
+
+        store.check_name("sweep", name)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=format == "json") as progress:
+        task = progress.add_task(f"{preset_name}", total=config.max_steps, status="")
+
+        def report(evaluation: Any) -> None:
+            m = evaluation.metrics
+            progress.update(task, completed=evaluation.step,
+                            status=f"train_acc {m['train_acc']:.3f}  val_acc {m['val_acc']:.3f}")
+
+        result = run(config, report=report, checkpoint_dir=checkpoint_dir)
+    trial_id = _store_run(results, name, result) if results is not None else None
+    if format == "json":
+        final = {k: result.final_metrics[k] for k in FINAL_METRICS}
+        typer.echo(json.dumps({**config.to_dict(), "steps_run": result.steps_run, "wall_s": result.wall_s,
+                               **result.events, "censored": result.censored, **final}))
+        return
+    typer.echo(f"{preset_name}: {result.steps_run} steps in {result.wall_s:.1f} s on {result.device}")
+    for event in EVENTS:
+        value = result.events[event]
+        typer.echo(f"  {event:<24} {'-' if value is None else value}")
+    verdict = "censored: the budget ended before val_acc >= 0.99" if result.censored else "generalised"
+    typer.echo(f"  {'censored':<24} {result.censored}  ({verdict})")
+    typer.echo("  " + "  ".join(f"{k} {result.final_metrics[k]:.4g}" for k in FINAL_METRICS))
+    if trial_id is not None:
+        typer.echo(f"stored as sweep {name!r}, trial {trial_id} under {results}")
+
+
+@app.command(rich_help_panel="Trainers")
+@user_errors
+def presets(format: FormatOpt = "table") -> None:
+    """The presets, their sources, and the config fields on which they differ.
+
+    Example: groksweep presets
+    """
+    import json
+
+    from trainers.config import FIELD_NAMES, PRESET_SOURCES, PRESETS, preset
+
+    check_format(format, ("table", "json"))
+    configs = {name: preset(name).to_dict() for name in PRESETS}
+    differing = [f for f in FIELD_NAMES if len({json.dumps(c[f]) for c in configs.values()}) > 1]
+    if format == "json":
+        typer.echo(json.dumps({name: {"source": PRESET_SOURCES[name], **{f: c[f] for f in differing}}
+                               for name, c in configs.items()}))
+        return
+    for name in PRESETS:
+        typer.echo(f"{name:<10} {PRESET_SOURCES[name]}")
+    typer.echo("")
+    width = max(map(len, differing)) + 2
+    typer.echo(" " * width + "".join(f"{name:>13}" for name in PRESETS))
+    for field_name in differing:
+        typer.echo(f"{field_name:<{width}}" + "".join(f"{str(c[field_name]):>13}" for c in configs.values()))
+
 
 # ===== sweeps: sweep, resume, status, ls, logs, rm ==================================================
+
+NameOpt = Annotated[str, typer.Argument(help="The sweep's name.")]
+
+
+def _frame_text(frame: Any) -> str:
+    import polars as pl
+
+    with pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=10_000, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, fmt_str_lengths=60):
+        return str(frame)
+
+
+def _sweep_report(outcome: Any, spec: Any) -> None:
+    """The summary table at the end of a sweep, and the resume command if it stopped early."""
+    from orchestrator.sweep import summary
+
+    typer.echo(f"\n{outcome.finished}/{outcome.n_trials} trials ended ({outcome.fit_s:.1f} s in Tune)")
+    if outcome.table.height:
+        typer.echo(_frame_text(summary(spec, outcome.table)))
+    if outcome.interrupted:
+        typer.echo(f"\nStopped before the end; state saved. Continue with:\n  {outcome.resume_command}")
+
+
+def _optuna_hint(spec: Any, root: str) -> None:
+    if spec.method == "optuna":
+        from orchestrator import store
+
+        typer.echo(f"Optuna study {spec.name!r}: optuna-dashboard {store.sweep_dir(root, spec.name)}/optuna.journal")
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def sweep(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Sweep spec (YAML); see examples/.")],
+    results: ResultsOpt = None,
+    address: AddressOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Sweep name (default: the spec's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep of this name.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials it would run; run nothing.")] = False,
+) -> None:
+    """Run a sweep on Ray Tune (embedded Ray on loopback, or --address); results go to the store.
+
+    Example: groksweep sweep examples/wd-study.yaml --results results
+    """
+    from orchestrator import sweep as sweeps
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(spec_path, name=name)
+    if dry_run:
+        import polars as pl
+
+        trials = sweeps.dry_run(spec)
+        if spec.method == "optuna":
+            typer.echo(f"sweep {spec.name}: optuna ({spec.sampler}) would try {spec.num_samples} configurations "
+                       f"x {len(spec.seeds)} seeds = {spec.n_trials} trials over:")
+            for key, (kind, bounds) in trials[0]["space"].items():
+                typer.echo(f"  {key}: {kind} {bounds}")
+        else:
+            typer.echo(_frame_text(pl.DataFrame(trials)))
+            typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_trials} trials")
+        return
+    root = sweeps.resolve_root(results)
+    typer.echo(f"sweep {spec.name}: {spec.method}, {spec.n_trials} trials, results in {root}")
+    _optuna_hint(spec, root)
+    try:
+        outcome = sweeps.run_sweep(spec_path, results=root, address=address, name=name, overwrite=overwrite,
+                                   progress=True)
+    except KeyboardInterrupt:
+        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {spec.name} --results {root}")
+        raise typer.Exit(130) from None
+    _sweep_report(outcome, spec)
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def resume(name: NameOpt, results: ResultsOpt = None, address: AddressOpt = None) -> None:
+    """Continue a stopped or crashed sweep: unfinished and failed trials resume from their checkpoints.
+
+    Example: groksweep resume wd-study
+    """
+    from orchestrator import sweep as sweeps
+
+    root = sweeps.resolve_root(results)
+    spec = sweeps.load_sweep_spec(root, name)
+    _optuna_hint(spec, root)
+    try:
+        outcome = sweeps.resume_sweep(name, results=root, address=address, progress=True)
+    except KeyboardInterrupt:
+        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {name} --results {root}")
+        raise typer.Exit(130) from None
+    _sweep_report(outcome, spec)
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table") -> None:
+    """A sweep's trials: status, events, censoring; and its per-configuration summary.
+
+    Example: groksweep status wd-study --format json
+    """
+    import json
+
+    from orchestrator import sweep as sweeps
+
+    check_format(format, ("table", "json"))
+    spec, table = sweeps.sweep_status(name, results)
+    searched = [k for k, p in spec.parameters.items() if p.kind != "value"]
+    columns = ["trial_id", *searched, "seed", "status", "steps_run", "steps_to_memorize", "steps_to_generalize",
+               "censored", "wall_s"]
+    trials = table.select([c for c in columns if c in table.columns]) if table.height else table
+    if format == "json":
+        typer.echo(json.dumps({"sweep": name, "n_trials": spec.n_trials, "trials": trials.to_dicts(),
+                               "summary": sweeps.summary(spec, table).to_dicts()}, default=str))
+        return
+    typer.echo(f"sweep {name}: {table.height}/{spec.n_trials} trials recorded")
+    if table.height:
+        typer.echo(_frame_text(trials))
+        typer.echo(_frame_text(sweeps.summary(spec, table)))
+
+
+@app.command("ls", rich_help_panel="Sweeps")
+@user_errors
+def list_sweeps(results: ResultsOpt = None, format: FormatOpt = "table") -> None:
+    """The sweeps under the results root, with trial counts by status.
+
+    Example: groksweep ls --results results
+    """
+    from orchestrator import sweep as sweeps
+
+    check_format(format, ("table", "json"))
+    frame = sweeps.sweeps_overview(results)
+    typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else "no sweeps")
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def logs(name: NameOpt, trial: Annotated[str, typer.Argument(help="Trial id (see `status`).")],
+         results: ResultsOpt = None) -> None:
+    """A trial's log, and its traceback if it failed.
+
+    Example: groksweep logs wd-study 3f2a1_00004
+    """
+    from orchestrator import sweep as sweeps
+
+    typer.echo(sweeps.trial_log(name, trial, results))
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def rm(name: NameOpt, results: ResultsOpt = None,
+       yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete a sweep: its trial rows, curves, Tune state, journal and logs (asks first).
+
+    Example: groksweep rm wd-study --yes
+    """
+    from orchestrator import sweep as sweeps
+
+    root = sweeps.resolve_root(results)
+    if name not in sweeps.list_sweep_names(root):
+        fail(f"no sweep named {name!r} under {root}")
+    if not yes and not typer.confirm(f"Delete sweep {name!r} and all its results under {root}?"):
+        fail("not deleted", code=1)
+    sweeps.remove_sweep_files(root, name)
+    typer.echo(f"deleted sweep {name}")
+
 
 
 # ===== results: query, study, phase, plot ===========================================================

@@ -27,6 +27,7 @@ from orchestrator import UserError, store
 from orchestrator.runtime import RaySession, ray_session
 from orchestrator.spec import (
     CHECKPOINTED,
+    CURVE,
     OBJECTIVE,
     PRUNED,
     SweepSpec,
@@ -39,6 +40,7 @@ from orchestrator.spec import (
 from orchestrator.stopping import GrokkingPolicy
 from trainers.metrics import CENSORED
 
+REPORT_EVERY_S = 1.0  # the longest a trial's evaluations wait before reaching the driver (and the store)
 SPEC_FILE, META_FILE, TUNE_DIR, JOURNAL_FILE, LOG_DIR = "spec.yaml", "sweep.json", "tune", "optuna.journal", "logs"
 
 
@@ -57,7 +59,8 @@ def _filesystem(root: str):
     return pafs.LocalFileSystem(), str(Path(root).resolve())
 
 
-def _root(results: str | Path | None) -> str:
+def resolve_root(results: str | Path | None) -> str:
+    """The results root as an absolute path (or the URI as given)."""
     root = str(results) if results is not None else store.default_root()
     return root if _is_remote(root) else str(Path(root).resolve())
 
@@ -89,6 +92,7 @@ def remove_sweep_files(root: str, name: str) -> None:
 def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = None) -> None:
     """One Tune trial: resume from Tune's checkpoint if any, report at every evaluation, checkpoint every
     `spec.checkpoint_every` evaluations (Tune keeps only the last one)."""
+    entered = time.perf_counter()
     from ray import tune
 
     from trainers.run import pick_device, run
@@ -101,7 +105,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
     log = None
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        log = open(Path(log_dir) / f"{trial_id}.log", "a", buffering=1)  # noqa: SIM115 - closed below
+        log = open(Path(log_dir) / f"{trial_id}.log", "a")  # noqa: SIM115 - closed below
     try:
         restored = tune.get_checkpoint()
         if restored is not None:
@@ -110,28 +114,43 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
             log.write(f"# trial {trial_id} on {device}, {'resumed' if restored else 'started'} {time.ctime()}\n"
                       f"# config {json.dumps(train_config.to_dict())}\n")
 
+        pending: list[dict[str, Any]] = []  # evaluations not yet sent to the driver
+        last_sent = [time.monotonic()]
+
         def report(ev) -> bool:
             prune = not ev.done and policy.should_prune(ev.step, ev.events["steps_to_memorize"])
-            metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device,
+            pending.append({"step": ev.step, **ev.metrics})
+            if log:
+                log.write(f"step {ev.step} train_acc {ev.metrics['train_acc']:.4f} val_acc {ev.metrics['val_acc']:.4f}"
+                          f" train_loss {ev.metrics['train_loss']:.4g} val_loss {ev.metrics['val_loss']:.4g}"
+                          + (" PRUNED: not memorised" if prune else "") + "\n")
+            # One tune.report costs a few ms: send the evaluations in batches -- at every checkpoint (so the
+            # rows up to it are durable), at the end, and at least every REPORT_EVERY_S.
+            due = time.monotonic() - last_sent[0] >= REPORT_EVERY_S
+            if ev.checkpoint is None and not (ev.done or prune or due):
+                return False
+            metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device, CURVE: list(pending),
                        **objectives(spec, ev.events, ev.metrics, train_config.max_steps)}
             if ev.done or prune:
                 metrics[CENSORED] = ev.events["steps_to_generalize"] is None
             if prune:
                 metrics[PRUNED] = True
-            if log:
-                log.write(f"step {ev.step} train_acc {ev.metrics['train_acc']:.4f} val_acc {ev.metrics['val_acc']:.4f}"
-                          f" train_loss {ev.metrics['train_loss']:.4g} val_loss {ev.metrics['val_loss']:.4g}"
-                          + (" PRUNED: not memorised" if prune else "") + "\n")
             if ev.checkpoint is not None:
                 metrics[CHECKPOINTED] = True
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ev.checkpoint)))
             else:
                 tune.report(metrics)
+            pending.clear()
+            last_sent[0] = time.monotonic()
+            if log:
+                log.flush()
             return prune
 
+        setup_s = time.perf_counter() - entered
         result = run(train_config, report, checkpoint_dir=work, checkpoint_every=spec.checkpoint_every)
         if log:
-            log.write(f"# done: steps {result.steps_run} censored {result.censored} events {result.events}\n")
+            log.write(f"# done: steps {result.steps_run} censored {result.censored} events {result.events}; "
+                      f"setup {setup_s:.3f} s, run {result.wall_s:.3f} s\n")
     finally:
         if log:
             log.close()
@@ -279,9 +298,17 @@ def _callbacks(spec: SweepSpec, root: str, progress: bool) -> list:
     return callbacks
 
 
+def _tune_env() -> None:
+    """Tune's own console output off (ours is rich), and its per-trial CSV/JSON/TensorBoard loggers off:
+    the result store keeps every evaluation, and each logger write costs the driver time per report."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
 def _tuner(spec: SweepSpec, root: str, progress: bool):
     from ray import tune
 
+    _tune_env()
     from orchestrator.stopping import scheduler
 
     optuna = spec.method == "optuna"
@@ -290,7 +317,7 @@ def _tuner(spec: SweepSpec, root: str, progress: bool):
         scheduler=scheduler(),
         num_samples=(spec.num_samples or 0) * len(spec.seeds) if optuna else 1,
         max_concurrent_trials=None if optuna else spec.max_concurrent,
-        reuse_actors=False,
+        reuse_actors=os.environ.get("GS_REUSE", "1") == "1",
     )
     run_config = tune.RunConfig(
         name=TUNE_DIR, storage_path=store.sweep_dir(root, spec.name), verbose=0,
@@ -345,7 +372,7 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     """Run a sweep to the end (or to Ctrl-C: then `interrupted` is True and `resume_sweep` continues it).
     `spec` is a SweepSpec or a spec file; `address` joins a Ray cluster (default: embedded on loopback,
     or the Ray already initialised in this process)."""
-    root = _root(results)
+    root = resolve_root(results)
     if isinstance(spec, SweepSpec):
         import yaml
 
@@ -383,9 +410,10 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
     state is restored, finished trials are not rerun."""
     from ray import tune
 
-    root = _root(results)
+    root = resolve_root(results)
     spec = load_sweep_spec(root, name)
     path = f"{store.sweep_dir(root, name)}/{TUNE_DIR}"
+    _tune_env()
     with ray_session(address, num_cpus=num_cpus) as session:
         if not tune.Tuner.can_restore(path):
             raise UserError(f"sweep {name!r} has no Tune state to resume at {path}; start it again with "
@@ -433,7 +461,7 @@ def list_sweep_names(root: str) -> list[str]:
 
 def sweeps_overview(results: str | Path | None = None) -> pl.DataFrame:
     """One row per sweep: method, trials asked for, and how many are running / completed / failed."""
-    root = _root(results)
+    root = resolve_root(results)
     rows = []
     for name in list_sweep_names(root):
         meta: dict[str, Any] = {}
@@ -452,7 +480,7 @@ def sweeps_overview(results: str | Path | None = None) -> pl.DataFrame:
 
 def sweep_status(name: str, results: str | Path | None = None) -> tuple[SweepSpec, pl.DataFrame]:
     """The sweep's spec and its trials (one row each: id, searched fields, seed, status, events)."""
-    root = _root(results)
+    root = resolve_root(results)
     spec = load_sweep_spec(root, name)
     table = trials_table(root, name)
     return spec, table
@@ -460,7 +488,7 @@ def sweep_status(name: str, results: str | Path | None = None) -> tuple[SweepSpe
 
 def trial_log(name: str, trial_id: str, results: str | Path | None = None) -> str:
     """A trial's traceback (if it failed) and its log."""
-    root = _root(results)
+    root = resolve_root(results)
     load_sweep_spec(root, name)  # a clear error for an unknown sweep
     if _is_remote(root):
         raise UserError("logs are kept only for local results roots")

@@ -1,0 +1,111 @@
+"""What Ray Tune costs, and what stop-on-generalise saves. Run under the team's CPU lock:
+
+    flock /tmp/groksweep-cpu.lock /work/venv/bin/python benchmarks/tune_overhead.py [--trials 12] [--steps 1500]
+
+1. Overhead: the same trials (a fixed number of steps each: stop_on_generalize off) through a groksweep
+   sweep and through a plain process pool running `trainers.run`, at the same concurrency and thread
+   count, in one run. Prints the time from first trial start to last trial end for both, and their
+   ratio (target <= 1.10); Ray start-up and shutdown separately.
+2. Compute saved: a small weight-decay study with stop_on_generalize on, against the same study with it
+   off (each trial runs its whole max_steps). Prints the total trial-steps ratio and the median
+   steps_to_generalize per weight decay in both, and whether they order the weight decays the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import tempfile
+import time
+
+import polars as pl
+
+from orchestrator.runtime import ray_session
+from orchestrator.spec import parse_spec, points, trial_train_config
+from orchestrator.sweep import run_sweep
+from trainers.config import preset
+
+
+def _train(config) -> tuple[float, float, int]:
+    from trainers.run import run
+
+    started = time.time()
+    result = run(config)
+    return started, time.time(), result.steps_run
+
+
+def _warm() -> None:
+    import trainers.run  # noqa: F401 - workers import torch before the clock starts, like Ray's do
+
+
+def overhead(trials: int, steps: int, concurrency: int, root: str) -> None:
+    weight_decays = [round(0.5 + 0.25 * i, 2) for i in range(trials)]
+    base = {"preset": "tiny", "max_steps": steps, "stop_on_generalize": False, "threads": 1}
+    spec = parse_spec({"name": "overhead", "base": base, "method": "grid", "max_concurrent": concurrency,
+                       "parameters": {"weight_decay": {"values": weight_decays}}, "seeds": [0],
+                       "resources": {"cpu": 1}})
+    all_points = points(spec)  # the very configs the Tune trials run
+    configs = [trial_train_config(spec, {"point": i, "seed": 0}, all_points) for i in range(trials)]
+
+    with mp.get_context("spawn").Pool(concurrency, initializer=_warm) as pool:
+        pool.map(_warm_task, range(concurrency))  # workers up and torch imported before timing
+        spans = pool.map(_train, configs, chunksize=1)
+    pool_s = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+
+    with ray_session(num_cpus=concurrency) as session:
+        outcome = run_sweep(spec, results=root, overwrite=True)
+    table = outcome.table
+    assert table.height == trials and (table["steps_run"] == steps).all(), table
+    tune_s = (table["ended_at"].max() - table["started_at"].min()).total_seconds()
+    print(f"overhead: {trials} trials x {steps} steps (tiny MLP, 1 thread each), concurrency {concurrency}")
+    print(f"  process pool   first start -> last end: {pool_s:7.2f} s")
+    print(f"  groksweep/Tune first start -> last end: {tune_s:7.2f} s   (Tuner.fit {outcome.fit_s:.2f} s)")
+    print(f"  ratio Tune / pool: {tune_s / pool_s:.3f}   (target <= 1.10)")
+    print(f"  Ray start-up {session.start_s:.2f} s, shutdown {session.shutdown_s:.2f} s (not in the ratio)")
+
+
+def _warm_task(_: int) -> None:
+    time.sleep(0.2)
+
+
+def compute_saved(root: str, concurrency: int) -> None:
+    weight_decays = [1.0, 2.0, 4.0]
+    rows = {}
+    for stop in (True, False):
+        spec = parse_spec({"name": f"saved-{'on' if stop else 'off'}", "method": "grid",
+                           "base": {"preset": "tiny", "lr": 1e-2, "stop_on_generalize": stop},
+                           "parameters": {"weight_decay": {"values": weight_decays}}, "seeds": [0, 1],
+                           "max_concurrent": concurrency})
+        with ray_session(num_cpus=concurrency):
+            table = run_sweep(spec, results=root, overwrite=True).table
+        rows[stop] = table
+    steps_on, steps_off = (int(rows[s]["steps_run"].sum()) for s in (True, False))
+    print(f"\ncompute saved: tiny, lr 1e-2, weight_decay {weight_decays} x 2 seeds, max_steps "
+          f"{preset('tiny').max_steps}")
+    print(f"  total trial-steps: stop-on-generalise {steps_on}, stopping off {steps_off}; "
+          f"ratio {steps_on / steps_off:.3f} ({1 - steps_on / steps_off:.0%} saved)")
+    medians = {}
+    for stop, table in rows.items():
+        m = (table.group_by("weight_decay").agg(pl.col("steps_to_generalize").median()).sort("weight_decay"))
+        medians[stop] = m["steps_to_generalize"].to_list()
+        print(f"  median steps_to_generalize by weight decay ({'on ' if stop else 'off'}): "
+              + ", ".join(f"{wd}: {v}" for wd, v in zip(m["weight_decay"], medians[stop], strict=True)))
+    order = {s: sorted(range(len(weight_decays)), key=lambda i: medians[s][i] or float("inf")) for s in medians}
+    print(f"  same order of median time-to-grok: {order[True] == order[False]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--skip-saved", action="store_true", help="only the overhead part")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gsbench") as root:
+        overhead(args.trials, args.steps, args.concurrency, root)
+        if not args.skip_saved:
+            compute_saved(root, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
