@@ -212,10 +212,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                      beta1=0.9, beta2=0.98, weight_decay=0.005, warmup_steps=10, batch_size=512,
                      grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, max_steps=20_000,
                      eval_every=20),
-    # For tests: the behaviour (memorise, then a delayed jump) in a couple of seconds, not a paper setting.
-    "tiny": dict(op="x+y", p=23, train_fraction=0.5, model="mlp", width=128, activation="quadratic",
-                 loss="cross_entropy", optimizer="adamw", lr=3e-3, beta1=0.9, beta2=0.98, weight_decay=1.0,
-                 batch_size=None, max_steps=2000, eval_every=10),
+    # For tests: the behaviour, not a paper setting. Measured (seeds 0-3): memorise at 50 steps, generalise
+    # at 240-290, val_acc < 0.1 at memorisation, ~0.2 s on one thread.
+    "tiny": dict(op="x+y", p=31, train_fraction=0.5, model="mlp", width=128, activation="quadratic",
+                 loss="cross_entropy", optimizer="adamw", lr=1e-2, beta1=0.9, beta2=0.98, weight_decay=3.0,
+                 batch_size=None, max_steps=1000, eval_every=10),
+}
+
+
+PRESET_SOURCES: dict[str, str] = {
+    "gromov": "Gromov 2023, Grokking modular arithmetic (quadratic MLP); the CPU demo",
+    "nanda2023": "Nanda et al. 2023, Progress measures for grokking via mechanistic interpretability",
+    "power2022": "Power et al. 2022, Grokking: generalization beyond overfitting on small algorithmic datasets",
+    "grokfast": "Lee et al. 2024, Grokfast: accelerated grokking by amplifying slow gradients (EMA filter)",
+    "tiny": "for tests: memorise, then a delayed jump, in well under a second",
 }
 
 
