@@ -1,0 +1,55 @@
+"""Grokking-aware stopping on real runs: ASHA on validation accuracy switches off a trial that, left
+alone, groks; groksweep's policy (FIFO, trials end at confirmed generalisation or budget) lets it grok."""
+
+from __future__ import annotations
+
+import polars as pl
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from orchestrator import store
+from orchestrator.callbacks import StoreCallback
+from orchestrator.spec import parse_spec
+from orchestrator.stopping import GrokkingPolicy
+from orchestrator.sweep import _trainable, param_space, run_sweep
+
+# Two tiny configs that both grok: lr 1e-2 at ~1200 steps, lr 3e-3 (the slow one) at ~1750.
+SPEC = {"base": {"preset": "tiny", "weight_decay": 1.0, "max_steps": 2500}, "method": "grid",
+        "parameters": {"lr": {"values": [1e-2, 3e-3]}}, "seeds": [0], "max_concurrent": 1}
+
+
+def test_asha_on_val_acc_kills_a_trial_that_groks_under_groksweeps_policy(local_ray, tmp_path):
+    policy = run_sweep(parse_spec({**SPEC, "name": "policy"}), results=tmp_path).table
+    slow = policy.filter(pl.col("lr") == 3e-3).row(0, named=True)
+    assert slow["status"] == store.COMPLETED and not slow["censored"]  # left alone, it groks
+    assert slow["steps_run"] < 2500  # ... and ends there: stop-on-generalise, not the budget
+
+    # The same two trials under ASHA on val_acc, the fast one first (max_concurrent 1): at the first rung
+    # the slow one still sits near chance on validation, so ASHA stops it for good.
+    spec = parse_spec({**SPEC, "name": "asha"})
+    asha = ASHAScheduler(time_attr="step", metric="val_acc", mode="max", grace_period=400, reduction_factor=2,
+                         max_t=2500)
+    tuner = tune.Tuner(_trainable(spec, str(tmp_path)), param_space=param_space(spec),
+                       tune_config=tune.TuneConfig(scheduler=asha, max_concurrent_trials=1),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "asha-tune"), verbose=0,
+                                                 callbacks=[StoreCallback(spec, str(tmp_path))]))
+    tuner.fit()
+    killed = store.collect(lambda: store.trials(tmp_path, ["asha"])).filter(pl.col("lr") == 3e-3).row(0, named=True)
+    assert killed["censored"] and killed["steps_to_generalize"] is None  # recorded as a run that never grokked
+    assert killed["steps_run"] < slow["steps_to_generalize"]  # switched off before its phase transition
+
+
+def test_policy_prunes_only_trials_that_have_not_memorised():
+    policy = GrokkingPolicy(not_memorized_by=500)
+    assert policy.should_prune(500, steps_to_memorize=None)
+    assert not policy.should_prune(490, steps_to_memorize=None)
+    assert not policy.should_prune(5000, steps_to_memorize=80)  # memorised: wait for grokking, however long
+    assert not GrokkingPolicy().should_prune(10**6, steps_to_memorize=None)  # off by default
+
+
+def test_pruned_trial_is_stopped_and_censored(local_ray, tmp_path):
+    # weight decay 0 and a tiny lr: no memorisation by step 200, so the policy ends it there
+    spec = parse_spec({"name": "prune", "base": {"preset": "tiny", "lr": 1e-5, "max_steps": 2000}, "method": "grid",
+                       "parameters": {"weight_decay": {"values": [0.0]}}, "prune": {"not_memorized_by": 200}})
+    row = run_sweep(spec, results=tmp_path).table.row(0, named=True)
+    assert row["status"] == store.STOPPED and row["censored"] and row["steps_run"] == 200
