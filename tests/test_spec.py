@@ -22,6 +22,7 @@ from orchestrator.spec import (
     points,
     trial_train_config,
 )
+from trainers.config import PRESETS
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml"))
 runner = CliRunner()
@@ -48,7 +49,8 @@ def test_grid_runs_the_full_product_once_per_seed():
     assert len(grid) == 6 and all(p["lr"] == 0.002 for p in grid)
     assert {(p["weight_decay"], p["width"]) for p in grid} == {(w, d) for w in (0.5, 1.0, 2.0) for d in (64, 128)}
     config = trial_train_config(spec, {"point": 5, "seed": 1}, grid)
-    assert (config.seed, config.p, config.max_steps, config.threads) == (1, 23, 100, 1)  # tiny preset, 1 cpu
+    assert (config.seed, config.max_steps, config.threads) == (1, 100, 1)  # 1 cpu -> 1 torch thread
+    assert config.p == PRESETS["tiny"]["p"] and (config.weight_decay, config.width) == (2.0, 128)
 
 
 def test_random_points_are_reproducible_and_inside_their_ranges():
