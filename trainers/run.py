@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trainers import checkpoint
-from trainers.config import TrainConfig
+from trainers.config import ConfigError, TrainConfig
 from trainers.metrics import EventTracker, evaluate
 from trainers.models import build_model
 from trainers.optim import GradientFilter, learning_rate, make_optimizer, mean_loss
@@ -111,7 +111,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     if saved is not None:
         state = checkpoint.load(saved)
         if state["config"] != config.to_dict():
-            raise ValueError(f"checkpoint {saved} was written for another config")
+            raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config; use a new directory")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if grad_filter is not None:
