@@ -113,10 +113,11 @@ class LocalCluster:
     """Head + workers as `ray start` processes under one directory (state, token, HOME, temp dirs)."""
 
     def __init__(self, directory: str | Path | None = None, base_ip: str = "127.0.0.2",
-                 object_store_mb: int = 256) -> None:
+                 object_store_mb: int = 256, env: dict[str, str] | None = None) -> None:
         self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="gscl", dir="/tmp"))
         self.base_ip = base_ip
         self.object_store_mb = object_store_mb
+        self.env = dict(env or {})  # extra environment for every node, e.g. RAY_health_check_period_ms
         self.nodes: list[Node] = []
         self.address: str | None = None  # GCS address of the head, ip:port
         self.started = 0  # nodes started so far: names and addresses are never reused
@@ -128,7 +129,7 @@ class LocalCluster:
 
     def save(self) -> None:
         state = {"address": self.address, "started": self.started, "base_ip": self.base_ip,
-                 "object_store_mb": self.object_store_mb, "nodes": [asdict(n) for n in self.nodes]}
+                 "object_store_mb": self.object_store_mb, "env": self.env, "nodes": [asdict(n) for n in self.nodes]}
         (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -137,7 +138,7 @@ class LocalCluster:
         if not path.exists():
             raise ClusterError(f"no local cluster in {directory} ({STATE_FILE} missing)")
         state = json.loads(path.read_text())
-        cluster = cls(directory, state["base_ip"], state["object_store_mb"])
+        cluster = cls(directory, state["base_ip"], state["object_store_mb"], state["env"])
         cluster.address = state["address"]
         cluster.started = state["started"]
         cluster.nodes = [Node(**n) for n in state["nodes"]]
@@ -155,7 +156,7 @@ class LocalCluster:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
         # a temporary HOME: Ray reads ~/.ray/auth_token and writes there; this cluster must not depend on it
         env.update(HOME=str(self.home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
-                   RAY_USAGE_STATS_ENABLED="0")
+                   RAY_USAGE_STATS_ENABLED="0", **self.env)
         return env
 
     # --- nodes ---
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--base-ip", default="127.0.0.2", help="the head's loopback address; workers take the next")
     start.add_argument("--object-store-mb", type=int, default=256, help="per node")
     start.add_argument("--dir", help="where state, token, HOME and temp dirs go (default: a new /tmp/gsclXXXX)")
+    start.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra environment for every node, e.g. RAY_health_check_period_ms=1000 (repeatable)")
     for name, text in (("stop", "end exactly the processes of this cluster, by PID"),
                        ("env", "print `export` lines for a driver: RAY_ADDRESS and the token"),
                        ("status", "print the nodes and their live PIDs as JSON")):
@@ -283,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            cluster = LocalCluster(args.dir, args.base_ip, args.object_store_mb)
+            if any("=" not in item for item in args.env):
+                raise ClusterError(f"--env: expected KEY=VALUE, got {[e for e in args.env if '=' not in e]}")
+            cluster = LocalCluster(args.dir, args.base_ip, args.object_store_mb,
+                                   dict(item.split("=", 1) for item in args.env))
             try:
                 cluster.start_head(num_cpus=args.head_cpus)
                 for _ in range(args.workers):

@@ -251,7 +251,7 @@ def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(
     root = tmp_path / "results"
     # three short and three long trials: the kill lands when some have ended and others are mid-way
     spec = write_spec(tmp_path / "spec.yaml", "crash", {"eval_every": 50},
-                      {"max_steps": {"values": [300, 4000]}}, seeds=[0, 1, 2], max_concurrent=4,
+                      {"max_steps": {"values": [300, 2500]}}, seeds=[0, 1, 2], max_concurrent=4,
                       resources={"cpu": 1}, checkpoint_every=4)
     env = driver_env(cluster, tmp_path / "home")
     args = groksweep("sweep", str(spec), "--results", str(root), "--address", cluster.address)
@@ -293,7 +293,7 @@ def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(
     from trainers.run import run
 
     root = tmp_path / "results"
-    max_steps, eval_every = 6000, 50
+    max_steps, eval_every = 3000, 50
     spec = write_spec(tmp_path / "spec.yaml", "nodeloss", {"max_steps": max_steps, "eval_every": eval_every},
                       {"weight_decay": {"value": 1.0}}, seeds=[0], max_concurrent=1,
                       resources={"cpu": 2}, checkpoint_every=4)
