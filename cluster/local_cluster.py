@@ -155,8 +155,11 @@ class LocalCluster:
     def _node_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
         # a temporary HOME: Ray reads ~/.ray/auth_token and writes there; this cluster must not depend on it
+        # as the shipped cluster configs: a task with no GPU gets CUDA_VISIBLE_DEVICES="" (Ray 2.60 leaves it
+        # unset, and torch would see every GPU of the node)
         env.update(HOME=str(self.home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
-                   RAY_USAGE_STATS_ENABLED="0", **self.env)
+                   RAY_USAGE_STATS_ENABLED="0", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="1")
+        env.update(self.env)
         return env
 
     # --- nodes ---

@@ -118,6 +118,7 @@ def test_ray_up_config_installs_groksweep_and_carries_the_token(path):
     assert any("ray[tune" in c for c in config["setup_commands"])  # the pin, on every node, first
     run_options = " ".join(config["docker"]["run_options"])
     assert "RAY_AUTH_MODE=token" in run_options
+    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1" in run_options  # gpu: 0 trials see no GPU
     results = re.search(r"GROKSWEEP_RESULTS=(\S+)", run_options).group(1)
     assert results.startswith(("s3://", "gs://"))  # shared storage: checkpoints move between nodes
     assert any("--head" in c for c in config["head_start_ray_commands"])
@@ -165,6 +166,7 @@ def test_kuberay_token_and_shared_results_reach_every_ray_container(path):
         for container in pod["spec"]["containers"]:
             env = env_of(container)
             assert env["RAY_AUTH_MODE"] == "token"
+            assert env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"  # gpu: 0 trials see no GPU
             assert env["RAY_AUTH_TOKEN"]["secretKeyRef"] == {"name": "groksweep-ray-token", "key": "auth_token"}
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             claim = volumes[mounts[env["GROKSWEEP_RESULTS"]]]["persistentVolumeClaim"]["claimName"]

@@ -237,6 +237,25 @@ def test_four_trials_share_one_logical_gpu_at_once(cluster, tmp_path):
     assert {r["device"] for r in rows} == {"cpu"}
 
 
+GPU_PROBE = """
+import os, ray
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+visible = lambda: os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+no_gpu = ray.remote(num_cpus=0.5, num_gpus=0)(visible)
+quarter = ray.remote(num_cpus=0.5, num_gpus=0.25)(visible)
+on_gpu_node = {"node:GPU_NODE_IP": 0.01}
+print(repr(ray.get(no_gpu.options(resources=on_gpu_node).remote())), repr(ray.get(quarter.remote())))
+"""
+
+
+def test_on_a_gpu_node_a_task_without_gpus_sees_none(cluster, tmp_path):
+    # what keeps a `gpu: 0` trial off a node's GPUs: CUDA_VISIBLE_DEVICES="" (unset, torch would see them all)
+    code = GPU_PROBE.replace("GPU_NODE_IP", node_by_name(cluster, "worker1").ip)
+    probe = run_cli([sys.executable, "-c", code], driver_env(cluster, tmp_path / "home"), timeout=60)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.split() == ["''", "'0'"]
+
+
 def _wait_for(condition, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
