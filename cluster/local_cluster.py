@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,7 +52,7 @@ class Node:
     pid: int  # the `ray start --block` process: leader of the node's own session
     temp_dir: str
     log: str  # `ray start`'s output
-    num_cpus: float
+    num_cpus: int
     num_gpus: int
     resources: dict[str, float] = field(default_factory=dict)
 
@@ -164,7 +165,7 @@ class LocalCluster:
 
     # --- nodes ---
 
-    def _start_node(self, name: str, num_cpus: float, num_gpus: int, resources: dict[str, float] | None,
+    def _start_node(self, name: str, num_cpus: int, num_gpus: int, resources: dict[str, float] | None,
                     head: bool) -> Node:
         ip = _loopback(self.base_ip, self.started)  # never reused, even after a node is killed
         temp_dir = str(self.dir / name)
@@ -177,7 +178,7 @@ class LocalCluster:
             self.token_path.write_text(secrets.token_hex(32))
             self.token_path.chmod(0o600)
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--node-ip-address={ip}",
-               f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus:g}", f"--num-gpus={num_gpus}",
+               f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
                f"--object-store-memory={self.object_store_mb * 2**20}", "--disable-usage-stats",
                f"--dashboard-agent-listen-port={free_port(ip)}"]
         if resources:
@@ -211,13 +212,13 @@ class LocalCluster:
             time.sleep(0.2)
         raise ClusterError(f"{node.name} ({node.ip}) not up after {timeout_s:.0f}s; see {node.log}")
 
-    def start_head(self, num_cpus: float = 0, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
+    def start_head(self, num_cpus: int = 0, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
         """The head: GCS, dashboard, autoscaler monitor; by default no CPUs, so trials run on workers."""
         if self.nodes:
             raise ClusterError("the head is already started")
         return self._start_node("head", num_cpus, num_gpus, resources, head=True)
 
-    def add_worker(self, num_cpus: float = 1, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
+    def add_worker(self, num_cpus: int = 1, num_gpus: int = 0, resources: dict[str, float] | None = None) -> Node:
         if self.address is None:
             raise ClusterError("start the head first")
         name = f"worker{self.started}"
@@ -262,6 +263,21 @@ class LocalCluster:
             ended += self.kill(node)
         return ended
 
+    def remove_files(self) -> None:
+        """Delete what this cluster wrote under its directory (logs, temp dirs, token, state), once stopped;
+        the directory itself goes only if nothing else is left in it."""
+        if self.nodes:
+            raise ClusterError("stop the cluster before removing its files")
+        for index in range(self.started):
+            name = "head" if index == 0 else f"worker{index}"
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+            (self.dir / f"{name}.log").unlink(missing_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+        for name in (TOKEN_FILE, STATE_FILE):
+            (self.dir / name).unlink(missing_ok=True)
+        if self.dir.exists() and not any(self.dir.iterdir()):
+            self.dir.rmdir()
+
     def __enter__(self) -> LocalCluster:
         return self
 
@@ -274,18 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a head and N workers; prints the cluster's directory")
     start.add_argument("--workers", type=int, default=2)
-    start.add_argument("--cpus", type=float, default=1, help="logical CPUs per worker")
+    start.add_argument("--cpus", type=int, default=1, help="logical CPUs per worker")
     start.add_argument("--gpus", type=int, default=0, help="logical GPUs per worker (a CPU machine may declare some)")
-    start.add_argument("--head-cpus", type=float, default=0, help="0: trials never run on the head")
+    start.add_argument("--head-cpus", type=int, default=0, help="0: trials never run on the head")
     start.add_argument("--base-ip", default="127.0.0.2", help="the head's loopback address; workers take the next")
     start.add_argument("--object-store-mb", type=int, default=256, help="per node")
     start.add_argument("--dir", help="where state, token, HOME and temp dirs go (default: a new /tmp/gsclXXXX)")
     start.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                        help="extra environment for every node, e.g. RAY_health_check_period_ms=1000 (repeatable)")
-    for name, text in (("stop", "end exactly the processes of this cluster, by PID"),
+    for name, text in (("stop", "end exactly the processes of this cluster, by PID, and delete its files"),
                        ("env", "print `export` lines for a driver: RAY_ADDRESS and the token"),
                        ("status", "print the nodes and their live PIDs as JSON")):
         sub.add_parser(name, help=text).add_argument("--dir", required=True)
+    sub.choices["stop"].add_argument("--keep-files", action="store_true", help="keep the logs and temp dirs")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
@@ -299,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     cluster.add_worker(num_cpus=args.cpus, num_gpus=args.gpus)
             except BaseException:
                 cluster.stop()
+                if not cluster.started:  # nothing ran: no logs worth keeping
+                    cluster.remove_files()
                 raise
             print(cluster.dir)
             print(f"# {len(cluster.nodes)} nodes up at {cluster.address}; for a driver:\n"
@@ -307,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster = LocalCluster.load(args.dir)
         if args.command == "stop":
             ended = cluster.stop()
+            if not args.keep_files:
+                cluster.remove_files()
             print(f"ended {len(ended)} processes: {' '.join(map(str, ended))}")
         elif args.command == "env":
             for key, value in cluster.driver_env().items():

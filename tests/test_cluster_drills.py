@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -50,6 +51,7 @@ def cluster():
         yield c
     finally:
         c.stop()
+        c.remove_files()
 
 
 def node_by_name(c, name: str):
@@ -198,6 +200,31 @@ def test_token_auth_is_on_a_driver_without_the_token_is_refused(cluster, tmp_pat
     assert accepted.returncode == 0, accepted.stderr[-2000:]
     assert "Resources" in accepted.stdout  # (its totals lag behind nodes that just joined)
     assert not (tmp_path / "home" / ".ray" / "auth_token").exists()  # nothing came from, or went to, ~/.ray
+
+
+def test_the_script_starts_reports_and_stops_a_cluster_from_the_command_line(tmp_path):
+    script = [sys.executable, str(REPO / "cluster" / "local_cluster.py")]
+    refused = run_cli([*script, "start", "--base-ip", "10.0.0.2"], dict(os.environ), timeout=30)
+    assert refused.returncode == 2 and "loopback" in refused.stderr
+    started = run_cli([*script, "start", "--workers", "1", "--base-ip", "127.0.6.20"],
+                      dict(os.environ), timeout=120)
+    assert started.returncode == 0, started.stderr[-3000:]
+    directory = started.stdout.strip()
+    try:
+        env = run_cli([*script, "env", "--dir", directory], dict(os.environ), timeout=30).stdout
+        assert "export RAY_ADDRESS=127.0.6.20:" in env and "export RAY_AUTH_MODE=token" in env
+        assert f"export RAY_AUTH_TOKEN_PATH={directory}/auth_token" in env
+        nodes = json.loads(run_cli([*script, "status", "--dir", directory], dict(os.environ), timeout=30).stdout)
+        assert [(n["name"], n["ip"]) for n in nodes] == [("head", "127.0.6.20"), ("worker1", "127.0.6.21")]
+        pids = [pid for n in nodes for pid in n["live_pids"]]
+        assert all(n["live_pids"] for n in nodes)
+    finally:
+        stopped = run_cli([*script, "stop", "--dir", directory], dict(os.environ), timeout=60)
+    assert stopped.returncode == 0
+    assert set(pids) <= {int(pid) for pid in stopped.stdout.split(":")[1].split()}
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not Path(directory).exists()  # and its files are gone
 
 
 # --- drills ---
