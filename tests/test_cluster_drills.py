@@ -147,7 +147,8 @@ def _tcp_table() -> list[tuple[str, str, str, str]]:
     """(local ip, remote ip, state, inode) of every TCP socket, from /proc/net/tcp{,6}."""
     rows = []
     for name in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+        table = Path(f"/proc/net/{name}")
+        for line in (table.read_text().splitlines()[1:] if table.exists() else []):  # no tcp6 without IPv6
             fields = line.split()
             ips = []
             for address in fields[1:3]:
