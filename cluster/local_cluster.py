@@ -227,7 +227,11 @@ class LocalCluster:
     def pids(self, node: Node) -> list[int]:
         """The node's live processes (its session). A session ID is not reused while any member lives, so
         a live leader that is not our `ray start` means the session is gone (its PID now someone else's)."""
-        if Path(f"/proc/{node.pid}").exists() and not _is_our_ray_start(node):
+        try:
+            leader_state = Path(f"/proc/{node.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            leader_state = None  # gone: its session may still have members, and they are ours
+        if leader_state not in (None, "Z") and not _is_our_ray_start(node):  # a zombie's PID is not reused
             return []
         return _session_members(node.pid)
 
