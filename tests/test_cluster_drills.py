@@ -248,7 +248,7 @@ def test_sweep_with_address_on_a_token_cluster_runs_trials_on_both_workers(clust
 
 def test_four_trials_share_one_logical_gpu_at_once(cluster, tmp_path):
     root = tmp_path / "results"
-    spec = write_spec(tmp_path / "spec.yaml", "gpu", {"max_steps": 1500, "eval_every": 50},
+    spec = write_spec(tmp_path / "spec.yaml", "gpu", {"max_steps": 2500, "eval_every": 50},
                       {"weight_decay": {"values": [0.5, 1.0]}}, seeds=[0, 1], max_concurrent=4,
                       resources={"cpu": 0.5, "gpu": 0.25})
     args = groksweep("sweep", str(spec), "--results", str(root), "--address", cluster.address)
