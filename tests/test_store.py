@@ -133,6 +133,10 @@ def test_compact_sweep_merges_final_trials_into_one_file_per_table(tmp_path):
     assert trials.height == 6 and set(trials["status"]) == {store.COMPLETED}
     curves = store.curves(tmp_path).collect()
     assert curves.height == 12 and _steps(curves.filter(pl.col("trial_id") == "t0"))[20] == 0.5
+    # two concurrent compactions can leave two sweep-level copies for a moment: still no duplicate
+    (sweep_file,) = (tmp_path / "curves" / "sweep=s").iterdir()
+    (sweep_file.parent / "00000000000000000001-sweep.parquet").write_bytes(sweep_file.read_bytes())
+    assert store.curves(tmp_path).collect().height == 12
     with pytest.raises(UserError, match="reserved"):
         store.trial_row("s", "00000000000000000001-sweep", {}, store.RUNNING)
 
