@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import tempfile
 import time
 
@@ -27,15 +28,11 @@ from trainers.config import preset
 
 
 def _train(config) -> tuple[float, float, int]:
+    started = time.time()  # before the import: a Tune trial's first call imports torch inside the trial too
     from trainers.run import run
 
-    started = time.time()
     result = run(config)
     return started, time.time(), result.steps_run
-
-
-def _warm() -> None:
-    import trainers.run  # noqa: F401 - workers import torch before the clock starts, like Ray's do
 
 
 def overhead(trials: int, steps: int, concurrency: int, root: str) -> None:
@@ -47,8 +44,8 @@ def overhead(trials: int, steps: int, concurrency: int, root: str) -> None:
     all_points = points(spec)  # the very configs the Tune trials run
     configs = [trial_train_config(spec, {"point": i, "seed": 0}, all_points) for i in range(trials)]
 
-    with mp.get_context("spawn").Pool(concurrency, initializer=_warm) as pool:
-        pool.map(_warm_task, range(concurrency))  # workers up and torch imported before timing
+    # fresh worker processes that import torch in their first trial, as Tune's trial actors do
+    with mp.get_context("spawn").Pool(concurrency) as pool:
         spans = pool.map(_train, configs, chunksize=1)
     pool_s = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
 
@@ -60,12 +57,11 @@ def overhead(trials: int, steps: int, concurrency: int, root: str) -> None:
     print(f"overhead: {trials} trials x {steps} steps (tiny MLP, 1 thread each), concurrency {concurrency}")
     print(f"  process pool   first start -> last end: {pool_s:7.2f} s")
     print(f"  groksweep/Tune first start -> last end: {tune_s:7.2f} s   (Tuner.fit {outcome.fit_s:.2f} s)")
+    pool_trial = statistics.mean(end - start for start, end, _ in spans)
+    tune_trial = statistics.mean((table["ended_at"] - table["started_at"]).dt.total_milliseconds() / 1000)
+    print(f"  mean trial start -> end: pool {pool_trial:.3f} s, Tune {tune_trial:.3f} s (driver-side times)")
     print(f"  ratio Tune / pool: {tune_s / pool_s:.3f}   (target <= 1.10)")
     print(f"  Ray start-up {session.start_s:.2f} s, shutdown {session.shutdown_s:.2f} s (not in the ratio)")
-
-
-def _warm_task(_: int) -> None:
-    time.sleep(0.2)
 
 
 def compute_saved(root: str, concurrency: int) -> None:

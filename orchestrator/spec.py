@@ -31,7 +31,8 @@ CHECKPOINTED = "checkpointed"  # reported True with a checkpoint: the rows up to
 CURVE = "curve"  # the evaluation rows (step + METRICS) since the previous report, a list in each report
 PRUNED = "pruned"  # reported True when the grokking policy ended the trial (not memorised in time)
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
-            "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every")
+            "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
+            "checkpoint_every_s")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
 
@@ -74,6 +75,7 @@ class SweepSpec:
     search_seed: int = 0  # makes random points and the Optuna sampler reproducible
     prune_not_memorized_by: int | None = None  # end a trial whose train_acc is still < 0.99 at this step
     checkpoint_every: int = 10  # evaluations between trial checkpoints (one is always kept: the last)
+    checkpoint_every_s: float = 10.0  # ... and at least this many seconds: each one costs Tune ~20 ms
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
 
@@ -274,6 +276,10 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     max_failures = _int(raw, "max_failures", 2, problems, 0)
     search_seed = _int(raw, "search_seed", 0, problems, 0)
     checkpoint_every = _int(raw, "checkpoint_every", 10, problems, 1)
+    checkpoint_every_s = raw.get("checkpoint_every_s", 10.0)
+    if (isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, int | float)
+            or checkpoint_every_s < 0):
+        problems.append(f"checkpoint_every_s: a number of seconds >= 0, got {checkpoint_every_s!r}")
     num_samples = _int(raw, "num_samples", None, problems, 1)
     if method == "grid" and num_samples is not None:
         problems.append("num_samples: belongs to random/optuna; grid runs the full product of `values`")
@@ -311,7 +317,8 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         name=name, base=dict(base), method=method, metrics=tuple(metrics), parameters=parameters,
         seeds=tuple(seeds), max_concurrent=max_concurrent, cpu=float(cpu), gpu=float(gpu),
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
-        prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every, description=description, raw=raw,
+        prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
+        checkpoint_every_s=float(checkpoint_every_s), description=description, raw=raw,
     )
     _check_configs(spec, problems)
     return None if problems else spec

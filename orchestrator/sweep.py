@@ -91,7 +91,8 @@ def remove_sweep_files(root: str, name: str) -> None:
 
 def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = None) -> None:
     """One Tune trial: resume from Tune's checkpoint if any, report at every evaluation, checkpoint every
-    `spec.checkpoint_every` evaluations (Tune keeps only the last one)."""
+    `spec.checkpoint_every` evaluations but at most one per `spec.checkpoint_every_s` (and one at the end);
+    Tune keeps only the last one."""
     entered = time.perf_counter()
     from ray import tune
 
@@ -116,6 +117,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
 
         pending: list[dict[str, Any]] = []  # evaluations not yet sent to the driver
         last_sent = [time.monotonic()]
+        last_checkpoint = [time.monotonic()]
 
         def report(ev) -> bool:
             prune = not ev.done and policy.should_prune(ev.step, ev.events["steps_to_memorize"])
@@ -126,8 +128,10 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
                           + (" PRUNED: not memorised" if prune else "") + "\n")
             # One tune.report costs a few ms: send the evaluations in batches -- at every checkpoint (so the
             # rows up to it are durable), at the end, and at least every REPORT_EVERY_S.
-            due = time.monotonic() - last_sent[0] >= REPORT_EVERY_S
-            if ev.checkpoint is None and not (ev.done or prune or due):
+            now = time.monotonic()
+            checkpoint = ev.checkpoint if ev.done or now - last_checkpoint[0] >= spec.checkpoint_every_s else None
+            due = now - last_sent[0] >= REPORT_EVERY_S
+            if checkpoint is None and not (ev.done or prune or due):
                 return False
             metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device, CURVE: list(pending),
                        **objectives(spec, ev.events, ev.metrics, train_config.max_steps)}
@@ -135,9 +139,10 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
                 metrics[CENSORED] = ev.events["steps_to_generalize"] is None
             if prune:
                 metrics[PRUNED] = True
-            if ev.checkpoint is not None:
+            if checkpoint is not None:
                 metrics[CHECKPOINTED] = True
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ev.checkpoint)))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+                last_checkpoint[0] = now
             else:
                 tune.report(metrics)
             pending.clear()

@@ -104,7 +104,7 @@ def test_optuna_sweep_journal_holds_the_same_configurations_all_complete(local_r
 
 DRIVER_SPEC = {"name": "crash", "base": {**MLP23, "lr": 3e-3, "weight_decay": 1.0, "max_steps": 1800},
                "method": "grid", "parameters": {"train_fraction": {"values": [0.5, 0.55, 0.6]}},
-               "seeds": [0, 1], "max_concurrent": 2, "checkpoint_every": 5}
+               "seeds": [0, 1], "max_concurrent": 2, "checkpoint_every": 5, "checkpoint_every_s": 0}
 
 
 def _descendants(pid: int) -> set[int]:
