@@ -4,6 +4,7 @@ Synthetic trials written through the real store."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -182,3 +183,12 @@ def test_plots_are_written(sweep_root, tmp_path):
         assert image[..., :3].std() > 0.05  # not a blank canvas
     with pytest.raises(UserError, match="unknown trial"):
         studies.curves_for_plot("wd", ["nope"], sweep_root)
+
+
+def test_shipped_reference_study_shows_weight_decay_sets_the_time_to_grok():
+    root = Path(__file__).resolve().parents[1] / "results" / "reference"
+    rows = studies.study(["reference"], x="weight_decay", root=root, n_boot=50).rows
+    assert rows["weight_decay"].to_list() == [0.0, 0.1, 0.3, 1.0, 3.0]
+    assert rows["n_grokked"][0] == 0 and rows["km_median"][0] is None  # wd 0: censored within the budget
+    medians = rows["km_median"].to_list()[1:]
+    assert all(m is not None for m in medians) and medians == sorted(medians, reverse=True)
