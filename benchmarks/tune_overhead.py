@@ -65,18 +65,18 @@ def overhead(trials: int, steps: int, concurrency: int, root: str) -> None:
 
 
 def compute_saved(root: str, concurrency: int) -> None:
-    weight_decays = [1.0, 2.0, 4.0]
+    weight_decays = [1.0, 2.0, 3.0]
     rows = {}
     for stop in (True, False):
         spec = parse_spec({"name": f"saved-{'on' if stop else 'off'}", "method": "grid",
-                           "base": {"preset": "tiny", "lr": 1e-2, "stop_on_generalize": stop},
+                           "base": {"preset": "tiny", "stop_on_generalize": stop},
                            "parameters": {"weight_decay": {"values": weight_decays}}, "seeds": [0, 1],
                            "max_concurrent": concurrency})
         with ray_session(num_cpus=concurrency):
             table = run_sweep(spec, results=root, overwrite=True).table
         rows[stop] = table
     steps_on, steps_off = (int(rows[s]["steps_run"].sum()) for s in (True, False))
-    print(f"\ncompute saved: tiny, lr 1e-2, weight_decay {weight_decays} x 2 seeds, max_steps "
+    print(f"\ncompute saved: tiny preset, weight_decay {weight_decays} x 2 seeds, max_steps "
           f"{preset('tiny').max_steps}")
     print(f"  total trial-steps: stop-on-generalise {steps_on}, stopping off {steps_off}; "
           f"ratio {steps_on / steps_off:.3f} ({1 - steps_on / steps_off:.0%} saved)")

@@ -28,7 +28,6 @@ from orchestrator.runtime import RaySession, ray_session
 from orchestrator.spec import (
     CHECKPOINTED,
     CURVE,
-    OBJECTIVE,
     PRUNED,
     SweepSpec,
     load_spec,
@@ -517,8 +516,4 @@ def dry_run(spec: SweepSpec) -> list[dict[str, Any]]:
         return [{"configurations": spec.num_samples, "seeds": list(spec.seeds), "sampler": spec.sampler,
                  "space": space}]
     return [{**point, "seed": seed} for point in points(spec) for seed in spec.seeds]
-
-
-def objective_penalty_note(spec: SweepSpec) -> str:
-    return (f"search metric `{OBJECTIVE}`: {spec.metrics[0].name} when reached, 2 x max_steps when censored")
 
