@@ -241,6 +241,7 @@ def sweep(
             typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_trials} trials")
         return
     root = sweeps.resolve_root(results)
+    sweeps.refuse_existing(root, spec.name, overwrite)
     typer.echo(f"sweep {spec.name}: {spec.method}, {spec.n_trials} trials, results in {root}")
     _optuna_hint(spec, root)
     try:

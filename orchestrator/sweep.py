@@ -385,14 +385,22 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     else:
         spec_text = Path(spec).read_text() if Path(spec).is_file() else ""
         spec = load_spec(spec, name=name)
-    if sweep_exists(root, spec.name) or _has_tables(root, spec.name):
-        if not overwrite:
-            raise UserError(f"sweep {spec.name!r} already exists under {root}: continue it with "
-                            f"`groksweep resume {spec.name} --results {root}`, or start it over with --overwrite")
+    if refuse_existing(root, spec.name, overwrite):
         remove_sweep_files(root, spec.name)
     _write_sweep_files(spec, root, spec_text)
     with ray_session(address, num_cpus=num_cpus) as session:
         return _fit(_tuner(spec, root, progress), spec, root, session)
+
+
+def refuse_existing(root: str, name: str, overwrite: bool) -> bool:
+    """UserError if sweep `name` exists and not `overwrite` (a new run would destroy the state needed to
+    resume it); True if it exists and is to be replaced."""
+    if not (sweep_exists(root, name) or _has_tables(root, name)):
+        return False
+    if not overwrite:
+        raise UserError(f"sweep {name!r} already exists under {root}: continue it with "
+                        f"`groksweep resume {name} --results {root}`, or start it over with --overwrite")
+    return True
 
 
 def load_spec_text(text: str) -> SweepSpec:
