@@ -205,10 +205,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                       beta1=0.9, beta2=0.98, weight_decay=1.0, warmup_steps=10, batch_size=512,
                       max_steps=100_000, eval_every=100),
     # Lee et al. 2024, "Grokfast: accelerated grokking by amplifying slow gradients": the power2022
-    # transformer on x*y mod 97 with 50% of the data, small weight decay, and the EMA gradient filter
-    # (alpha 0.98, lambda 2). Headline: steps to 95% validation accuracy fall ~50x.
+    # transformer on x*y mod 97 with 50% of the data and the EMA gradient filter (alpha 0.98, lambda 2);
+    # their code's default optimiser is Adam, with weight_decay 0.005 as an L2 term. Headline: steps to 95%
+    # validation accuracy fall ~50x. Measured here: memorise 820, generalise 1120 (~40 s).
     "grokfast": dict(op="x*y", p=97, train_fraction=0.5, model="transformer", layers=2, d_model=128,
-                     heads=4, d_mlp=512, layer_norm=True, op_token=True, optimizer="adamw", lr=1e-3,
+                     heads=4, d_mlp=512, layer_norm=True, op_token=True, optimizer="adam", lr=1e-3,
                      beta1=0.9, beta2=0.98, weight_decay=0.005, warmup_steps=10, batch_size=512,
                      grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, max_steps=20_000,
                      eval_every=20),

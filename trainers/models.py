@@ -85,7 +85,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention + ReLU MLP. Post-LayerNorm when `layer_norm` (openai/grok's decoder block), none for Nanda 2023.
+    """Attention + ReLU MLP on a residual stream; pre-LayerNorm when `layer_norm` (GPT-2 style, as the Power
+    2022 reimplementations and Grokfast's code), none for Nanda 2023.
 
     Attention runs over at most 4 positions, so scores are elementwise products and sums: far cheaper
     than a batch of 3x3 matrix products.
@@ -108,22 +109,22 @@ class Block(nn.Module):
         """(B, T, d) -> (B, T, d), or (B, d) for the last position only."""
         B, T, d = x.shape
         H, dh = self.heads, d // self.heads
-        kv = x @ self.w_qkv[:, d:]  # (B, T, 2d)
+        h = self.ln_attn(x)
+        kv = h @ self.w_qkv[:, d:]  # (B, T, 2d)
         k, v = kv.view(B, T, 2, H, dh).unbind(2)  # (B, T, H, dh) each
         if last_only:
-            q = (x[:, -1] @ self.w_qkv[:, :d]).view(B, 1, H, dh)
+            q = (h[:, -1] @ self.w_qkv[:, :d]).view(B, 1, H, dh)
             scores = (q * k).sum(-1) / math.sqrt(dh)  # (B, T, H): the last query sees every position
             z = (scores.softmax(1).unsqueeze(-1) * v).sum(1).reshape(B, d)  # (B, d)
             x = x[:, -1]
         else:
-            q = (x @ self.w_qkv[:, :d]).view(B, T, H, dh)
+            q = (h @ self.w_qkv[:, :d]).view(B, T, H, dh)
             scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) / math.sqrt(dh)  # (B, Tq, Tk, H)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().view(1, T, T, 1)
             weights = scores.masked_fill(~causal, float("-inf")).softmax(2)
             z = (weights.unsqueeze(-1) * v.unsqueeze(1)).sum(2).reshape(B, T, d)  # (B, T, d)
-        x = self.ln_attn(x + z @ self.w_o)
-        mlp = torch.relu(x @ self.w_in + self.b_in) @ self.w_out + self.b_out
-        return self.ln_mlp(x + mlp)
+        x = x + z @ self.w_o
+        return x + torch.relu(self.ln_mlp(x) @ self.w_in + self.b_in) @ self.w_out + self.b_out
 
 
 class Transformer(nn.Module):
@@ -138,6 +139,7 @@ class Transformer(nn.Module):
         self.embed = _normal(generator, (n + n_tokens - 2, d_model), std)  # symbols, then `op` if used, then `=`
         self.pos = _normal(generator, (n_tokens, d_model), std)
         self.blocks = nn.ModuleList(Block(d_model, heads, d_mlp, layer_norm, generator) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.unembed = _normal(generator, (d_model, n), 1 / math.sqrt(n))
 
     def inputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -150,7 +152,7 @@ class Transformer(nn.Module):
         h = F.embedding(x, self.embed) + self.pos  # (B, T, d)
         for i, block in enumerate(self.blocks):
             h = block(h, last_only=i == len(self.blocks) - 1)
-        return h @ self.unembed  # (B, n)
+        return self.ln_final(h) @ self.unembed  # (B, n)
 
     def embedding(self) -> torch.Tensor:
         return self.embed[: self.n]  # (n, d_model)
