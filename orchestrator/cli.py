@@ -200,6 +200,7 @@ def _sweep_report(outcome: Any, spec: Any) -> None:
         typer.echo(_frame_text(summary(spec, outcome.table)))
     if outcome.interrupted:
         typer.echo(f"\nStopped before the end; state saved. Continue with:\n  {outcome.resume_command}")
+        raise typer.Exit(130)
 
 
 def _optuna_hint(spec: Any, root: str) -> None:
