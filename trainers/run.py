@@ -131,6 +131,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
 
     stopped_by_report = False
     evaluations_since_save = 0
+
     def evaluation_due() -> bool:  # not when resuming at the step the checkpoint already evaluated
         if history and history[-1]["step"] == step:
             return False
@@ -167,11 +168,10 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         optimizer.step()
         step += 1
 
-    events = dict(tracker.events)
-    return TrialResult(config=config, events=events, censored=tracker.censored, steps_run=step,
-                       wall_s=time.perf_counter() - started, final_metrics={k: v for k, v in history[-1].items()
-                                                                             if k != "step"},
-                       device=str(device), history=history, stopped_by_report=stopped_by_report)
+    final_metrics = {name: value for name, value in history[-1].items() if name != "step"}
+    return TrialResult(config=config, events=dict(tracker.events), censored=tracker.censored, steps_run=step,
+                       wall_s=time.perf_counter() - started, final_metrics=final_metrics, device=str(device),
+                       history=history, stopped_by_report=stopped_by_report)
 
 
 class _CallableModule(types.ModuleType):
