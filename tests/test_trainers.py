@@ -202,3 +202,12 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     run(preset("tiny", max_steps=20), checkpoint_dir=tmp_path)
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         run(preset("tiny", max_steps=20, seed=1), checkpoint_dir=tmp_path)
+
+
+def test_replace_keeps_string_fields_whose_value_is_none() -> None:
+    # `grokfast="none"` is a value, not a null: replace() round-trips every default config.
+    from trainers.config import preset
+
+    config = preset("tiny")
+    assert config.replace(seed=1).grokfast == "none"
+    assert config.replace(seed=1).seed == 1

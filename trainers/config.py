@@ -140,7 +140,8 @@ def coerce(name: str, value: Any) -> Any:
     if name not in FIELD_NAMES:
         raise ConfigError(f"{name}: unknown field; known fields: {', '.join(FIELD_NAMES)}")
     base, nullable = _field_type(name)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+    is_null_word = isinstance(value, str) and value.strip().lower() in ("null", "none")
+    if value is None or (is_null_word and nullable):  # "none" is also a value of `grokfast`
         if nullable:
             return None
         raise ConfigError(f"{name}: cannot be null; expected {base.__name__}")
