@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from orchestrator import UserError
+
 LOOPBACK_IP = "127.0.0.2"
 
 
@@ -41,6 +43,7 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     """Ray for the duration of a sweep. Reuses an already initialised Ray (a notebook, a test fixture, a
     `ray.cluster_utils.Cluster`) without shutting it down."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         yield RaySession(address=None, embedded=False, owned=False)
@@ -48,6 +51,7 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
     address = resolve_address(address)
     temp_dir = None
     started = time.perf_counter()
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")  # gpu: 0 trials see no GPU
     if address is None:
         # socket paths under it must stay <= 107 bytes: a short temp dir, not a deep one
         temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
@@ -56,7 +60,14 @@ def ray_session(address: str | None = None, num_cpus: float | None = None, num_g
                  log_to_driver=not quiet)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, logging_level="ERROR" if quiet else "INFO", log_to_driver=not quiet)
+        try:
+            ray.init(address=address, logging_level="ERROR" if quiet else "INFO", log_to_driver=not quiet)
+        except AuthenticationError as error:
+            raise UserError(f"--address {address}: the cluster refused this driver's auth token ({error}); "
+                            "set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token") from None
+        except ConnectionError as error:
+            raise UserError(f"--address {address}: cannot join a Ray cluster there ({error}); check the address "
+                            "and that RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH hold the cluster's auth token") from None
     session = RaySession(address=address, embedded=address is None, owned=True,
                          start_s=time.perf_counter() - started)
     try:

@@ -93,6 +93,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
     `spec.checkpoint_every` evaluations but at most one per `spec.checkpoint_every_s` (and one at the end);
     Tune keeps only the last one."""
     entered = time.perf_counter()
+    import ray
     from ray import tune
 
     from trainers.run import pick_device, run
@@ -100,6 +101,8 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
     train_config = trial_train_config(spec, config, points(spec))
     trial_id = tune.get_context().get_trial_id()
     policy = GrokkingPolicy(spec.prune_not_memorized_by)
+    if not ray.get_gpu_ids():  # Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for gpu: 0 trials
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     device = str(pick_device())
     work = Path(tempfile.mkdtemp(prefix=f"groksweep-{trial_id}-"))
     log = None
@@ -364,6 +367,7 @@ def _fit(tuner, spec: SweepSpec, root: str, session: RaySession | None) -> Sweep
     started = time.perf_counter()
     tuner.fit()
     fit_s = time.perf_counter() - started
+    store.compact_sweep(root, spec.name)  # finished trials: one trial file and one curve file
     table = trials_table(root, spec.name)
     done = table.filter(pl.col("status") != store.RUNNING).height if table.height else 0
     return SweepOutcome(name=spec.name, root=root, n_trials=spec.n_trials, finished=done,
@@ -385,10 +389,11 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     else:
         spec_text = Path(spec).read_text() if Path(spec).is_file() else ""
         spec = load_spec(spec, name=name)
-    if refuse_existing(root, spec.name, overwrite):
-        remove_sweep_files(root, spec.name)
-    _write_sweep_files(spec, root, spec_text)
-    with ray_session(address, num_cpus=num_cpus) as session:
+    replace = refuse_existing(root, spec.name, overwrite)
+    with ray_session(address, num_cpus=num_cpus) as session:  # joined first: a refused join writes nothing
+        if replace:
+            remove_sweep_files(root, spec.name)
+        _write_sweep_files(spec, root, spec_text)
         return _fit(_tuner(spec, root, progress), spec, root, session)
 
 

@@ -253,6 +253,17 @@ def test_sweep_with_address_on_a_token_cluster_runs_trials_on_both_workers(clust
     assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
 
 
+def test_sweep_with_a_wrong_token_is_one_line_exit_2_and_writes_nothing(cluster, tmp_path):
+    root = tmp_path / "results"
+    spec = write_spec(tmp_path / "spec.yaml", "refused", {"max_steps": 100}, {"weight_decay": {"value": 1.0}})
+    env = {**driver_env(cluster, tmp_path / "home"), "RAY_AUTH_TOKEN": "0" * 64}
+    refused = run_cli(groksweep("sweep", str(spec), "--results", str(root), "--address", cluster.address), env,
+                      timeout=90)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and "auth token" in refused.stderr
+    assert not (root / "sweeps" / "refused").exists()  # a retry with the right token is not refused
+
+
 def test_four_trials_share_one_logical_gpu_at_once(cluster, tmp_path):
     root = tmp_path / "results"
     spec = write_spec(tmp_path / "spec.yaml", "gpu", {"max_steps": 2500, "eval_every": 50},
