@@ -32,7 +32,7 @@ CURVE = "curve"  # the evaluation rows (step + METRICS) since the previous repor
 PRUNED = "pruned"  # reported True when the grokking policy ended the trial (not memorised in time)
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
             "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
-            "checkpoint_every_s")
+            "checkpoint_every_s", "report_every_s")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
 
@@ -76,6 +76,7 @@ class SweepSpec:
     prune_not_memorized_by: int | None = None  # end a trial whose train_acc is still < 0.99 at this step
     checkpoint_every: int = 10  # evaluations between trial checkpoints (one is always kept: the last)
     checkpoint_every_s: float = 10.0  # ... and at least this many seconds: each one costs Tune ~20 ms
+    report_every_s: float = 1.0  # longest a trial's evaluations wait to reach Tune; 0: report every evaluation
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
 
@@ -280,6 +281,9 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     if (isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, int | float)
             or checkpoint_every_s < 0):
         problems.append(f"checkpoint_every_s: a number of seconds >= 0, got {checkpoint_every_s!r}")
+    report_every_s = raw.get("report_every_s", 1.0)
+    if isinstance(report_every_s, bool) or not isinstance(report_every_s, int | float) or report_every_s < 0:
+        problems.append(f"report_every_s: a number of seconds >= 0 (0: every evaluation), got {report_every_s!r}")
     num_samples = _int(raw, "num_samples", None, problems, 1)
     if method == "grid" and num_samples is not None:
         problems.append("num_samples: belongs to random/optuna; grid runs the full product of `values`")
@@ -318,7 +322,8 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         seeds=tuple(seeds), max_concurrent=max_concurrent, cpu=float(cpu), gpu=float(gpu),
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
         prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
-        checkpoint_every_s=float(checkpoint_every_s), description=description, raw=raw,
+        checkpoint_every_s=float(checkpoint_every_s), report_every_s=float(report_every_s),
+        description=description, raw=raw,
     )
     _check_configs(spec, problems)
     return None if problems else spec

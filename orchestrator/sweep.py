@@ -39,7 +39,6 @@ from orchestrator.spec import (
 from orchestrator.stopping import GrokkingPolicy
 from trainers.metrics import CENSORED
 
-REPORT_EVERY_S = 1.0  # the longest a trial's evaluations wait before reaching the driver (and the store)
 SPEC_FILE, META_FILE, TUNE_DIR, JOURNAL_FILE, LOG_DIR = "spec.yaml", "sweep.json", "tune", "optuna.journal", "logs"
 
 
@@ -129,10 +128,11 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
                           f" train_loss {ev.metrics['train_loss']:.4g} val_loss {ev.metrics['val_loss']:.4g}"
                           + (" PRUNED: not memorised" if prune else "") + "\n")
             # One tune.report costs a few ms: send the evaluations in batches -- at every checkpoint (so the
-            # rows up to it are durable), at the end, and at least every REPORT_EVERY_S.
+            # rows up to it are durable), at the end, and at least every spec.report_every_s (0: always; a
+            # Tune scheduler that acts on rungs needs that).
             now = time.monotonic()
             checkpoint = ev.checkpoint if ev.done or now - last_checkpoint[0] >= spec.checkpoint_every_s else None
-            due = now - last_sent[0] >= REPORT_EVERY_S
+            due = now - last_sent[0] >= spec.report_every_s
             if checkpoint is None and not (ev.done or prune or due):
                 return False
             metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device, CURVE: list(pending),

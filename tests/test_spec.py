@@ -133,6 +133,7 @@ def test_invalid_spec_names_every_problem_on_its_own_line():
                                                                       "max": 9.5}}}, "needs a float field"),
     ({"parameters": {"p": {"values": [23, 24]}}, "base": {"preset": "tiny", "op": "x/y"}}, "p: x/y needs a prime"),
     ({"base": {"preset": "nope"}}, "base.preset: unknown preset"),
+    ({"report_every_s": -1}, "report_every_s: a number of seconds >= 0"),
 ])
 def test_each_rule(changes, problem):
     with pytest.raises(UserError, match=problem.replace("(", r"\(").replace("`", "`")):

@@ -18,7 +18,8 @@ from orchestrator.sweep import _trainable, param_space, run_sweep
 MLP23 = {"op": "x+y", "p": 23, "train_fraction": 0.5, "model": "mlp", "width": 128, "activation": "quadratic",
          "optimizer": "adamw", "beta1": 0.9, "beta2": 0.98, "batch_size": None, "eval_every": 10}
 SPEC = {"base": {**MLP23, "weight_decay": 1.0, "max_steps": 2500}, "method": "grid",
-        "parameters": {"lr": {"values": [1e-2, 3e-3]}}, "seeds": [0], "max_concurrent": 1}
+        "parameters": {"lr": {"values": [1e-2, 3e-3]}}, "seeds": [0], "max_concurrent": 1,
+        "report_every_s": 0}  # ASHA must see every evaluation: its rungs are steps, not seconds
 
 
 def test_asha_on_val_acc_kills_a_trial_that_groks_under_groksweeps_policy(local_ray, tmp_path):
