@@ -210,6 +210,16 @@ def _optuna_hint(spec: Any, root: str) -> None:
         typer.echo(f"Optuna study {spec.name!r}: optuna-dashboard {store.sweep_dir(root, spec.name)}/optuna.journal")
 
 
+def _run_to_end(fit: Callable[[], Any], spec: Any, root: str) -> None:
+    """Run or resume a sweep, then report it; Ctrl-C (Tune has saved its state) prints how to continue."""
+    try:
+        outcome = fit()
+    except KeyboardInterrupt:
+        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {spec.name} --results {root}")
+        raise typer.Exit(130) from None
+    _sweep_report(outcome, spec)
+
+
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def sweep(
@@ -245,13 +255,8 @@ def sweep(
     sweeps.refuse_existing(root, spec.name, overwrite)
     typer.echo(f"sweep {spec.name}: {spec.method}, {spec.n_trials} trials, results in {root}")
     _optuna_hint(spec, root)
-    try:
-        outcome = sweeps.run_sweep(spec_path, results=root, address=address, name=name, overwrite=overwrite,
-                                   progress=True)
-    except KeyboardInterrupt:
-        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {spec.name} --results {root}")
-        raise typer.Exit(130) from None
-    _sweep_report(outcome, spec)
+    _run_to_end(lambda: sweeps.run_sweep(spec_path, results=root, address=address, name=name,
+                                         overwrite=overwrite, progress=True), spec, root)
 
 
 @app.command(rich_help_panel="Sweeps")
@@ -266,12 +271,7 @@ def resume(name: NameOpt, results: ResultsOpt = None, address: AddressOpt = None
     root = sweeps.resolve_root(results)
     spec = sweeps.load_sweep_spec(root, name)
     _optuna_hint(spec, root)
-    try:
-        outcome = sweeps.resume_sweep(name, results=root, address=address, progress=True)
-    except KeyboardInterrupt:
-        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {name} --results {root}")
-        raise typer.Exit(130) from None
-    _sweep_report(outcome, spec)
+    _run_to_end(lambda: sweeps.resume_sweep(name, results=root, address=address, progress=True), spec, root)
 
 
 @app.command(rich_help_panel="Sweeps")
