@@ -421,6 +421,32 @@ def _has_tables(root: str, name: str) -> bool:
     return name in store.sweeps(root)
 
 
+def _restore_deleted_checkpoints(root: str, name: str) -> None:
+    """Tune registers a trial's new checkpoint and deletes the previous one (num_to_keep=1) before it
+    snapshots the experiment state, so a driver killed in between leaves a state naming a checkpoint that
+    is gone, and restoring that trial fails. For each unfinished trial whose newest `checkpoint_N` lacks its
+    predecessor, put a copy of it under the predecessor's name: the trainer resumes from the newer state
+    (its curve rows are deduplicated), and Tune deletes the copy at the trial's next checkpoint."""
+    import pyarrow.fs as pafs
+
+    fs, base = _filesystem(root)
+    tune_dir = f"{base}/sweeps/{name}/{TUNE_DIR}"
+    table = trials_table(root, name)
+    final = set(table.filter(pl.col("status").is_in(list(store.FINAL)))["trial_id"]) if table.height else set()
+    for trial_dir in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True)):
+        # trial directories are named train_trial_<trial_id>_<index>_<params>_<time>
+        if trial_dir.type != pafs.FileType.Directory or any(f"_{t}_" in trial_dir.base_name for t in final):
+            continue
+        numbers = sorted(int(info.base_name.removeprefix("checkpoint_"))
+                         for info in fs.get_file_info(pafs.FileSelector(trial_dir.path))
+                         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        if numbers and numbers[-1] > 0 and numbers[-1] - 1 not in numbers:
+            named = f"{trial_dir.path}/checkpoint_{numbers[-1] - 1:06d}"
+            fs.create_dir(named, recursive=True)
+            pafs.copy_files(f"{trial_dir.path}/checkpoint_{numbers[-1]:06d}", named, source_filesystem=fs,
+                            destination_filesystem=fs)
+
+
 def resume_sweep(name: str, results: str | Path | None = None, address: str | None = None,
                  progress: bool = False, num_cpus: float | None = None) -> SweepOutcome:
     """Continue a sweep: unfinished and errored trials resume from their last checkpoints, the searcher
@@ -435,6 +461,7 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
         if not tune.Tuner.can_restore(path):
             raise UserError(f"sweep {name!r} has no Tune state to resume at {path}; start it again with "
                             f"`groksweep sweep SPEC --name {name} --overwrite`")
+        _restore_deleted_checkpoints(root, name)
         tuner = tune.Tuner.restore(path, trainable=_trainable(spec, root), resume_unfinished=True,
                                    resume_errored=True)
         # callbacks come back pickled from tuner.pkl: give them fresh state

@@ -170,6 +170,16 @@ def test_driver_killed_mid_sweep_then_resume_loses_and_duplicates_nothing(local_
     final_before = before.filter(pl.col("status").is_in(list(store.FINAL))).sort("trial_id")
     assert 1 <= final_before.height < 6
 
+    # Tune deletes a trial's previous checkpoint before it snapshots the experiment state: a kill in between
+    # leaves a state naming a deleted checkpoint. Make that happen to one unfinished trial for certain.
+    unfinished = set(before.filter(~pl.col("status").is_in(list(store.FINAL)))["trial_id"])
+    tune_dir = Path(store.sweep_dir(tmp_path, "crash")) / "tune"
+    raced = [d for d in tune_dir.glob("train_trial_*") if any(f"_{t}_" in d.name for t in unfinished)
+             and list(d.glob("checkpoint_*"))]
+    if raced:
+        newest = sorted(raced[0].glob("checkpoint_*"))[-1]
+        newest.rename(newest.with_name(f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}"))
+
     result = runner.invoke(app, ["resume", "crash", "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
 
