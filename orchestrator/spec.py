@@ -222,6 +222,14 @@ def _int(raw: dict, key: str, default: Any, problems: list[str], minimum: int) -
     return value
 
 
+def _seconds(raw: dict, key: str, default: float, problems: list[str], hint: str = "") -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        problems.append(f"{key}: a number of seconds >= 0{hint}, got {value!r}")
+        return default
+    return float(value)
+
+
 def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     for key in raw:
         if key not in TOP_KEYS:
@@ -277,13 +285,8 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     max_failures = _int(raw, "max_failures", 2, problems, 0)
     search_seed = _int(raw, "search_seed", 0, problems, 0)
     checkpoint_every = _int(raw, "checkpoint_every", 10, problems, 1)
-    checkpoint_every_s = raw.get("checkpoint_every_s", 10.0)
-    if (isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, int | float)
-            or checkpoint_every_s < 0):
-        problems.append(f"checkpoint_every_s: a number of seconds >= 0, got {checkpoint_every_s!r}")
-    report_every_s = raw.get("report_every_s", 1.0)
-    if isinstance(report_every_s, bool) or not isinstance(report_every_s, int | float) or report_every_s < 0:
-        problems.append(f"report_every_s: a number of seconds >= 0 (0: every evaluation), got {report_every_s!r}")
+    checkpoint_every_s = _seconds(raw, "checkpoint_every_s", 10.0, problems)
+    report_every_s = _seconds(raw, "report_every_s", 1.0, problems, " (0: every evaluation)")
     num_samples = _int(raw, "num_samples", None, problems, 1)
     if method == "grid" and num_samples is not None:
         problems.append("num_samples: belongs to random/optuna; grid runs the full product of `values`")
@@ -322,7 +325,7 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         seeds=tuple(seeds), max_concurrent=max_concurrent, cpu=float(cpu), gpu=float(gpu),
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
         prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
-        checkpoint_every_s=float(checkpoint_every_s), report_every_s=float(report_every_s),
+        checkpoint_every_s=checkpoint_every_s, report_every_s=report_every_s,
         description=description, raw=raw,
     )
     _check_configs(spec, problems)
