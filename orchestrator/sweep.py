@@ -370,6 +370,8 @@ def _fit(tuner, spec: SweepSpec, root: str, session: RaySession | None) -> Sweep
     store.compact_sweep(root, spec.name)  # finished trials: one trial file and one curve file
     table = trials_table(root, spec.name)
     done = table.filter(pl.col("status") != store.RUNNING).height if table.height else 0
+    if done >= spec.n_trials:
+        _drop_stale_checkpoints(root, spec.name)
     return SweepOutcome(name=spec.name, root=root, n_trials=spec.n_trials, finished=done,
                         interrupted=done < spec.n_trials, fit_s=fit_s, ray=session, table=table)
 
@@ -421,30 +423,54 @@ def _has_tables(root: str, name: str) -> bool:
     return name in store.sweeps(root)
 
 
+def _checkpoint_numbers(fs, trial_dir: str) -> list[int]:
+    import pyarrow.fs as pafs
+
+    return sorted(int(info.base_name.removeprefix("checkpoint_"))
+                  for info in fs.get_file_info(pafs.FileSelector(trial_dir))
+                  if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+
+
+def _trial_dirs(fs, tune_dir: str) -> list:
+    import pyarrow.fs as pafs
+
+    return [info for info in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("train_trial_")]
+
+
 def _restore_deleted_checkpoints(root: str, name: str) -> None:
-    """Tune registers a trial's new checkpoint and deletes the previous one (num_to_keep=1) before it
-    snapshots the experiment state, so a driver killed in between leaves a state naming a checkpoint that
-    is gone, and restoring that trial fails. For each unfinished trial whose newest `checkpoint_N` lacks its
-    predecessor, put a copy of it under the predecessor's name: the trainer resumes from the newer state
-    (its curve rows are deduplicated), and Tune deletes the copy at the trial's next checkpoint."""
+    """Tune registers a trial's new checkpoint and deletes the previous ones (num_to_keep=1) before its
+    experiment-state snapshot catches up, so a driver killed in between leaves a state naming a checkpoint
+    that is gone, and restoring that trial fails. For each unfinished trial, put a copy of its last
+    registered checkpoint under every missing lower number: the trainer resumes from that newer state,
+    whose curve rows the store already holds. `_fit` drops the copies once the sweep has finished."""
     import pyarrow.fs as pafs
 
     fs, base = _filesystem(root)
-    tune_dir = f"{base}/sweeps/{name}/{TUNE_DIR}"
     table = trials_table(root, name)
     final = set(table.filter(pl.col("status").is_in(list(store.FINAL)))["trial_id"]) if table.height else set()
-    for trial_dir in fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True)):
+    for trial_dir in _trial_dirs(fs, f"{base}/sweeps/{name}/{TUNE_DIR}"):
         # trial directories are named train_trial_<trial_id>_<index>_<params>_<time>
-        if trial_dir.type != pafs.FileType.Directory or any(f"_{t}_" in trial_dir.base_name for t in final):
+        if any(f"_{t}_" in trial_dir.base_name for t in final):
             continue
-        numbers = sorted(int(info.base_name.removeprefix("checkpoint_"))
-                         for info in fs.get_file_info(pafs.FileSelector(trial_dir.path))
-                         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-        if numbers and numbers[-1] > 0 and numbers[-1] - 1 not in numbers:
-            named = f"{trial_dir.path}/checkpoint_{numbers[-1] - 1:06d}"
+        numbers = _checkpoint_numbers(fs, trial_dir.path)
+        if not numbers:
+            continue
+        # The lowest one left is the last the driver registered; any above it were written by the trial
+        # but never reached the driver (nor their curve rows the store).
+        registered = f"{trial_dir.path}/checkpoint_{numbers[0]:06d}"
+        for missing in range(numbers[0]):
+            named = f"{trial_dir.path}/checkpoint_{missing:06d}"
             fs.create_dir(named, recursive=True)
-            pafs.copy_files(f"{trial_dir.path}/checkpoint_{numbers[-1]:06d}", named, source_filesystem=fs,
-                            destination_filesystem=fs)
+            pafs.copy_files(registered, named, source_filesystem=fs, destination_filesystem=fs)
+
+
+def _drop_stale_checkpoints(root: str, name: str) -> None:
+    """Once every trial has ended, only each trial's newest checkpoint can be asked for again."""
+    fs, base = _filesystem(root)
+    for trial_dir in _trial_dirs(fs, f"{base}/sweeps/{name}/{TUNE_DIR}"):
+        for number in _checkpoint_numbers(fs, trial_dir.path)[:-1]:
+            fs.delete_dir(f"{trial_dir.path}/checkpoint_{number:06d}")
 
 
 def resume_sweep(name: str, results: str | Path | None = None, address: str | None = None,
