@@ -28,17 +28,19 @@ def outcome(result: dict[str, Any]) -> str:
 
 class StoreCallback(Callback):
     """Curves as they arrive (buffered; flushed at checkpoints, trial end and every `flush_s`), a running
-    row when a trial starts, its final row when it ends, and the curve files compacted."""
+    row when a trial starts, its final row when it ends, and the curve files compacted. On resume, running
+    rows of trials Tune did not restore are dropped (Tune runs their configurations again)."""
 
     def __init__(self, spec: SweepSpec, root: str, flush_s: float = 5.0):
         self.spec, self.root, self.flush_s = spec, str(root), flush_s
         self._points: list[dict[str, Any]] | None = None
         self._buffer: dict[str, list[dict[str, Any]]] = {}
         self._last_flush = time.monotonic()
+        self._reconciled = False
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no buffered rows
         return {"spec": self.spec, "root": self.root, "flush_s": self.flush_s, "_points": None, "_buffer": {},
-                "_last_flush": 0.0}
+                "_last_flush": 0.0, "_reconciled": False}
 
     def config_of(self, trial) -> Any:
         if self._points is None:
@@ -52,6 +54,11 @@ class StoreCallback(Callback):
                 store.write_curve_rows(self.root, self.spec.name, tid, rows)
         if trial_id is None:
             self._last_flush = time.monotonic()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._reconciled:  # first step: `trials` is what Tune restored (nothing, on a fresh sweep)
+            self._reconciled = True
+            store.drop_unfinished_trials(self.root, self.spec.name, keep={t.trial_id for t in trials})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         store.write_trial_row(self.root, store.trial_row(

@@ -267,6 +267,27 @@ def write_trial_row(root: str | Path, row: dict[str, Any]) -> bool:
     return True
 
 
+def drop_unfinished_trials(root: str | Path, sweep: str, keep: set[str]) -> list[str]:
+    """Delete the rows and curves of the sweep's RUNNING trials whose id is not in `keep`; their ids.
+
+    After a driver crash Tune restores the trials its last saved state knew. A trial started after that
+    save is not among them: its configuration is run again under a new id, so the old id's running row and
+    partial curve would be a duplicate that never ends. FINAL and failed rows are never touched."""
+    fs, base, prefix = _fs(root)
+    trial_dir = f"{base}/trials/sweep={check_name('sweep', sweep)}"
+    files = [f for f in _parquet_files(fs, trial_dir, recursive=False) if not _WRITTEN.match(f.rsplit("/", 1)[-1])]
+    if not files:
+        return []
+    rows = _scan(files, TRIAL_SCHEMA, prefix).select("trial_id", "status").collect()
+    orphans = sorted(set(rows.filter(pl.col("status") == RUNNING)["trial_id"].to_list()) - set(keep))
+    for trial_id in orphans:
+        curve_dir = _curve_dir(base, sweep, trial_id)
+        if fs.get_file_info(curve_dir).type == pafs.FileType.Directory:
+            fs.delete_dir(curve_dir)
+        _delete(fs, [_trial_path(base, sweep, trial_id)])
+    return orphans
+
+
 # --- curves ---
 
 def _curve_dir(base: str, sweep: str, trial_id: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from orchestrator import UserError, store
+from orchestrator import UserError, store, tune_storage
 from orchestrator.runtime import RaySession, ray_session
 from orchestrator.spec import (
     CHECKPOINTED,
@@ -326,8 +326,9 @@ def _tuner(spec: SweepSpec, root: str, progress: bool):
         max_concurrent_trials=None if optuna else spec.max_concurrent,
         reuse_actors=os.environ.get("GS_REUSE", "1") == "1",
     )
+    storage_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, spec.name))
     run_config = tune.RunConfig(
-        name=TUNE_DIR, storage_path=store.sweep_dir(root, spec.name), verbose=0,
+        name=TUNE_DIR, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
         callbacks=_callbacks(spec, root, progress),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the last checkpoint of each trial
@@ -460,9 +461,13 @@ def _restore_deleted_checkpoints(root: str, name: str) -> None:
         # but never reached the driver (nor their curve rows the store).
         registered = f"{trial_dir.path}/checkpoint_{numbers[0]:06d}"
         for missing in range(numbers[0]):
-            named = f"{trial_dir.path}/checkpoint_{missing:06d}"
-            fs.create_dir(named, recursive=True)
-            pafs.copy_files(registered, named, source_filesystem=fs, destination_filesystem=fs)
+            # copied whole under a name Tune ignores, then renamed: a resume killed here leaves no half copy
+            partial = f"{trial_dir.path}/.partial-checkpoint_{missing:06d}"
+            if fs.get_file_info(partial).type == pafs.FileType.Directory:
+                fs.delete_dir(partial)
+            fs.create_dir(partial, recursive=True)
+            pafs.copy_files(registered, partial, source_filesystem=fs, destination_filesystem=fs)
+            fs.move(partial, f"{trial_dir.path}/checkpoint_{missing:06d}")
 
 
 def _drop_stale_checkpoints(root: str, name: str) -> None:
@@ -481,15 +486,16 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
 
     root = resolve_root(results)
     spec = load_sweep_spec(root, name)
-    path = f"{store.sweep_dir(root, name)}/{TUNE_DIR}"
+    sweep_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, name))
+    path = f"{sweep_path}/{TUNE_DIR}"
     _tune_env()
     with ray_session(address, num_cpus=num_cpus) as session:
-        if not tune.Tuner.can_restore(path):
+        if not tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
             raise UserError(f"sweep {name!r} has no Tune state to resume at {path}; start it again with "
                             f"`groksweep sweep SPEC --name {name} --overwrite`")
         _restore_deleted_checkpoints(root, name)
         tuner = tune.Tuner.restore(path, trainable=_trainable(spec, root), resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=True, storage_filesystem=storage_filesystem)
         # callbacks come back pickled from tuner.pkl: give them fresh state
         tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, root, progress)
         return _fit(tuner, spec, root, session)

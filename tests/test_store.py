@@ -79,6 +79,20 @@ def test_final_row_is_never_overwritten(tmp_path):
     assert sorted(files) == ["t0.parquet", "t1.parquet"]  # no temp files left behind
 
 
+def test_drop_unfinished_trials_removes_only_running_trials_not_kept(tmp_path):
+    for trial_id, status in (("kept", store.RUNNING), ("orphan", store.RUNNING), ("done", store.COMPLETED),
+                             ("failed", store.FAILED)):
+        store.write_trial_row(tmp_path, store.trial_row("s", trial_id, {}, status))
+        store.write_curve_rows(tmp_path, "s", trial_id, [{"step": 0, "val_acc": 0.1}, {"step": 10, "val_acc": 0.2}])
+    store.compact_sweep(tmp_path, "s")  # "done" now lives in the sweep's compacted files
+    assert store.drop_unfinished_trials(tmp_path, "s", keep={"kept"}) == ["orphan"]
+    assert sorted(store.trials(tmp_path).collect()["trial_id"]) == ["done", "failed", "kept"]
+    assert sorted(store.curves(tmp_path).collect()["trial_id"].unique()) == ["done", "failed", "kept"]
+    assert not (tmp_path / "curves" / "sweep=s" / "orphan").exists()
+    assert store.drop_unfinished_trials(tmp_path, "s", keep=set()) == ["kept"]  # never "done" or "failed"
+    assert store.drop_unfinished_trials(tmp_path, "other", keep=set()) == []
+
+
 def _steps(frame: pl.DataFrame) -> dict[int, float]:
     return dict(zip(frame["step"].to_list(), frame["val_acc"].to_list(), strict=True))
 

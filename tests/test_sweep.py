@@ -180,6 +180,11 @@ def test_driver_killed_mid_sweep_then_resume_loses_and_duplicates_nothing(local_
         newest = sorted(raced[0].glob("checkpoint_*"))[-1]
         newest.rename(newest.with_name(f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}"))
 
+    # A trial that started after Tune's last saved state: Tune runs its configuration again under a new id,
+    # so its running row and partial curve must go (the assertions below would count it otherwise).
+    store.write_trial_row(tmp_path, store.trial_row("crash", "orphan_00099", {**MLP23, "seed": 0}, store.RUNNING))
+    store.write_curve_rows(tmp_path, "crash", "orphan_00099", [{"step": 0, "val_acc": 0.1}])
+
     result = runner.invoke(app, ["resume", "crash", "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
 
