@@ -37,15 +37,26 @@ class StoreCallback(Callback):
         self._buffer: dict[str, list[dict[str, Any]]] = {}
         self._last_flush = time.monotonic()
         self._reconciled = False
+        self._final: set[str] | None = None  # trials with a FINAL row: read once, then kept here
+        self._started: dict[str, float] = {}  # trial id -> when this driver started it
+        self._configs: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no buffered rows
         return {"spec": self.spec, "root": self.root, "flush_s": self.flush_s, "_points": None, "_buffer": {},
-                "_last_flush": 0.0, "_reconciled": False}
+                "_last_flush": 0.0, "_reconciled": False, "_final": None, "_started": {}, "_configs": {}}
 
     def config_of(self, trial) -> Any:
-        if self._points is None:
-            self._points = points(self.spec)
-        return trial_train_config(self.spec, trial.config, self._points)
+        if trial.trial_id not in self._configs:
+            if self._points is None:
+                self._points = points(self.spec)
+            self._configs[trial.trial_id] = trial_train_config(self.spec, trial.config, self._points)
+        return self._configs[trial.trial_id]
+
+    def _is_final(self, trial_id: str) -> bool:
+        """A FINAL row is never replaced: after a crash, Tune may run a trial again whose row is final."""
+        if self._final is None:
+            self._final = store.final_trial_ids(self.root, self.spec.name)
+        return trial_id in self._final
 
     def _flush(self, trial_id: str | None = None) -> None:
         for tid in [trial_id] if trial_id else list(self._buffer):
@@ -61,8 +72,12 @@ class StoreCallback(Callback):
             store.drop_unfinished_trials(self.root, self.spec.name, keep={t.trial_id for t in trials})
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if self._is_final(trial.trial_id):
+            return
+        self._started[trial.trial_id] = time.time()
         store.write_trial_row(self.root, store.trial_row(
-            self.spec.name, trial.trial_id, self.config_of(trial), store.RUNNING, started_at=time.time()))
+            self.spec.name, trial.trial_id, self.config_of(trial), store.RUNNING,
+            started_at=self._started[trial.trial_id]), known_not_final=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rows = result.get(CURVE) or [result]
@@ -93,12 +108,18 @@ class StoreCallback(Callback):
 
     def _write_final(self, trial, status: str, result: dict[str, Any], censored: bool | None,
                      error: str | None = None) -> None:
+        if self._is_final(trial.trial_id):
+            return
+        started = self._started.get(trial.trial_id)  # None: not started by this driver; the store fills it in
         store.write_trial_row(self.root, store.trial_row(
             self.spec.name, trial.trial_id, self.config_of(trial), status,
             steps_run=result.get("step"), wall_s=result.get("time_total_s"),
             events={name: result.get(name) for name in EVENTS}, censored=censored,
             final_metrics={name: result.get(name) for name in METRICS if name in result},
-            device=result.get("device"), ended_at=time.time(), error=error))
+            device=result.get("device"), started_at=started, ended_at=time.time(), error=error),
+            known_not_final=started is not None)
+        if status in store.FINAL:
+            self._final.add(trial.trial_id)
         store.compact_curves(self.root, self.spec.name, trial.trial_id)
 
     def on_experiment_end(self, trials, **info):

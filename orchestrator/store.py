@@ -249,12 +249,14 @@ def _compacted_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[st
     return found.row(0, named=True) if found.height else None
 
 
-def write_trial_row(root: str | Path, row: dict[str, Any]) -> bool:
+def write_trial_row(root: str | Path, row: dict[str, Any], known_not_final: bool = False) -> bool:
     """Write (or replace) a trial's row atomically; a FINAL row already there is kept. True if written.
-    Idempotent on (sweep, trial_id): the trial's one file is replaced."""
+    Idempotent on (sweep, trial_id): the trial's one file is replaced. `known_not_final`: the caller
+    knows that no FINAL row exists and that `row` has its started_at, so the stored row is not read
+    (the sweep driver, which is the only writer of its sweep, keeps track)."""
     fs, base, _ = _fs(root)
-    stored = read_trial_row(root, row["sweep"], row["trial_id"]) or _compacted_trial_row(root, row["sweep"],
-                                                                                        row["trial_id"])
+    stored = None if known_not_final else (read_trial_row(root, row["sweep"], row["trial_id"])
+                                           or _compacted_trial_row(root, row["sweep"], row["trial_id"]))
     if stored is not None and stored.get("status") in FINAL:
         return False
     if stored is not None and row.get("started_at") is None:  # the running row knew when it started
@@ -265,6 +267,16 @@ def write_trial_row(root: str | Path, row: dict[str, Any]) -> bool:
     frame = pl.DataFrame([{name: row.get(name) for name in TRIAL_SCHEMA}], schema=TRIAL_SCHEMA)
     _write_parquet(fs, _trial_path(base, row["sweep"], row["trial_id"]), frame)
     return True
+
+
+def final_trial_ids(root: str | Path, sweep: str) -> set[str]:
+    """Ids of the sweep's trials whose row is FINAL (one scan of its trial files)."""
+    fs, base, prefix = _fs(root)
+    files = _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
+    if not files:
+        return set()
+    rows = _scan(files, TRIAL_SCHEMA, prefix).filter(pl.col("status").is_in(list(FINAL))).select("trial_id")
+    return set(rows.collect()["trial_id"].to_list())
 
 
 def drop_unfinished_trials(root: str | Path, sweep: str, keep: set[str]) -> list[str]:

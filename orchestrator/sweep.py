@@ -118,7 +118,6 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
 
         pending: list[dict[str, Any]] = []  # evaluations not yet sent to the driver
         last_sent = [time.monotonic()]
-        last_checkpoint = [time.monotonic()]
 
         def report(ev) -> bool:
             prune = not ev.done and policy.should_prune(ev.step, ev.events["steps_to_memorize"])
@@ -130,9 +129,8 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
             # One tune.report costs a few ms: send the evaluations in batches -- at every checkpoint (so the
             # rows up to it are durable), at the end, and at least every spec.report_every_s (0: always; a
             # Tune scheduler that acts on rungs needs that).
-            now = time.monotonic()
-            checkpoint = ev.checkpoint if ev.done or now - last_checkpoint[0] >= spec.checkpoint_every_s else None
-            due = now - last_sent[0] >= spec.report_every_s
+            checkpoint = ev.checkpoint  # the trainer writes one per checkpoint_every evaluations / _s seconds
+            due = time.monotonic() - last_sent[0] >= spec.report_every_s
             if checkpoint is None and not (ev.done or prune or due):
                 return False
             metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device, CURVE: list(pending),
@@ -144,7 +142,6 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
             if checkpoint is not None:
                 metrics[CHECKPOINTED] = True
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
-                last_checkpoint[0] = now
             else:
                 tune.report(metrics)
             pending.clear()
@@ -154,7 +151,8 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
             return prune
 
         setup_s = time.perf_counter() - entered
-        result = run(train_config, report, checkpoint_dir=work, checkpoint_every=spec.checkpoint_every)
+        result = run(train_config, report, checkpoint_dir=work, checkpoint_every=spec.checkpoint_every,
+                     checkpoint_every_s=spec.checkpoint_every_s)
         if log:
             log.write(f"# done: steps {result.steps_run} censored {result.censored} events {result.events}; "
                       f"setup {setup_s:.3f} s, run {result.wall_s:.3f} s\n")

@@ -211,3 +211,13 @@ def test_replace_keeps_string_fields_whose_value_is_none() -> None:
     config = preset("tiny")
     assert config.replace(seed=1).grokfast == "none"
     assert config.replace(seed=1).seed == 1
+
+
+def test_checkpoints_every_n_evaluations_but_at_most_one_per_interval(tmp_path):
+    config = preset("tiny", max_steps=200, stop_on_generalize=False)
+    written: dict[str, list[int]] = {"every": [], "timed": []}
+    for name, every_s in (("every", 0.0), ("timed", 3600.0)):
+        run(config, report=lambda ev, name=name: written[name].append(ev.step) if ev.checkpoint else None,
+            checkpoint_dir=tmp_path / name, checkpoint_every=5, checkpoint_every_s=every_s)
+    assert written["every"] == [40, 90, 140, 190, 200]  # evaluations 5, 10, 15, 20 (10 steps apart), the end
+    assert written["timed"] == [200]  # an hour between checkpoints: only the one at the end

@@ -79,22 +79,24 @@ def keep_freed_memory() -> None:
 
 
 def run(config: TrainConfig, report: Report | None = None, checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 10) -> TrialResult:
+        checkpoint_every: int = 10, checkpoint_every_s: float = 0.0) -> TrialResult:
     """Train one job. With `checkpoint_dir`, resume from the checkpoint there if any, and write one
-    every `checkpoint_every` evaluations (and at the end), replacing the previous one atomically."""
+    every `checkpoint_every` evaluations but at most one per `checkpoint_every_s` seconds (and always one
+    at the end), replacing the previous one atomically. Saving never touches the RNG: when checkpoints
+    happen does not change the run."""
     started = time.perf_counter()
     keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config, report, checkpoint_dir, checkpoint_every, started)
+        return _run(config, report, checkpoint_dir, checkpoint_every, checkpoint_every_s, started)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path | None, checkpoint_every: int,
-         started: float) -> TrialResult:
+         checkpoint_every_s: float, started: float) -> TrialResult:
     device, dtype = pick_device(), getattr(torch, config.dtype)
     data = make_dataset(config.op, config.p, config.train_fraction, config.seed, device)
     model = build_model(config, data.n_symbols).to(device=device, dtype=dtype)
@@ -130,7 +132,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         return checkpoint.save(checkpoint_dir, state, config.to_dict())
 
     stopped_by_report = False
-    evaluations_since_save = 0
+    evaluations_since_save, last_save = 0, time.monotonic()
 
     def evaluation_due() -> bool:  # not when resuming at the step the checkpoint already evaluated
         if history and history[-1]["step"] == step:
@@ -147,8 +149,9 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
             done = finished()
             evaluations_since_save += 1
             written = None
-            if checkpoint_dir is not None and (done or evaluations_since_save >= checkpoint_every):
-                written, evaluations_since_save = save(), 0
+            if checkpoint_dir is not None and (done or (evaluations_since_save >= checkpoint_every
+                                                        and time.monotonic() - last_save >= checkpoint_every_s)):
+                written, evaluations_since_save, last_save = save(), 0, time.monotonic()
             if report is not None and report(Evaluation(step, metrics, dict(tracker.events), written, done)):
                 stopped_by_report = not done
                 break
