@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -179,7 +180,7 @@ def spawn(side: str, name: str, steps: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also run both sides to their events (nanda2023: ~15 min)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); best kept")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS, help="default: both")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "PRESET"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -189,16 +190,20 @@ def main() -> None:
         return
 
     steps = {"gromov": 200, "nanda2023": 200}
-    print(f"torch {torch.__version__}, {THREADS} threads, float32; timed: {args.repeats} runs per side, best kept")
+    print(f"torch {torch.__version__}, {THREADS} threads, float32; "
+          f"timed: {args.repeats} runs per side (alternating), best kept")
     print(f"{'preset':<10} {'side':<10} {'ms/step':>8} {'ratio':>6} {'GFLOP/step':>10} {'GFLOP/s':>8} "
           f"{'% sgemm peak':>12}")
     for name in args.presets:
         gflop = useful_gflop_per_step(preset(name))
+        # the sides alternate, so a machine that drifts (a shared host) slows both alike
+        pairs = [{side: spawn(side, name, steps[name]) for side in ("reference", "ours")} for _ in range(args.repeats)]
         results = {}
         for side in ("reference", "ours"):
-            runs = [spawn(side, name, steps[name]) for _ in range(args.repeats)]
+            runs = [pair[side] for pair in pairs]
             results[side] = min(runs, key=lambda r: r["ms_per_step"])
             results[side]["peak"] = max(r["sgemm_gflops"] for r in runs)
+        paired = sorted(p["reference"]["ms_per_step"] / p["ours"]["ms_per_step"] for p in pairs)
         for side in ("reference", "ours"):
             r = results[side]
             ratio = results["reference"]["ms_per_step"] / r["ms_per_step"]
@@ -206,6 +211,8 @@ def main() -> None:
             print(f"{name:<10} {side:<10} {r['ms_per_step']:8.2f} {ratio:6.2f} {gflop:10.3f} {rate:8.1f} "
                   f"{100 * rate / r['peak']:11.1f}%")
         print(f"{'':<10} measured sgemm peak (2048^3, {THREADS} threads): {results['ours']['peak']:.0f} GFLOP/s")
+        print(f"{'':<10} ratio of each adjacent pair: median {statistics.median(paired):.2f} "
+              f"(min {paired[0]:.2f}, max {paired[-1]:.2f})")
     if args.full:
         print("\nwhole runs (each preset's budget, stop on confirmed generalisation): events")
         for name in args.presets:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainers import ConfigError, preset, run
 from trainers.config import PRESETS
@@ -221,3 +222,28 @@ def test_checkpoints_every_n_evaluations_but_at_most_one_per_interval(tmp_path):
             checkpoint_dir=tmp_path / name, checkpoint_every=5, checkpoint_every_s=every_s)
     assert written["every"] == [40, 90, 140, 190, 200]  # evaluations 5, 10, 15, 20 (10 steps apart), the end
     assert written["timed"] == [200]  # an hour between checkpoints: only the one at the end
+
+
+@pytest.mark.parametrize("activation", ["quadratic", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlp_gradients_equal_the_dense_one_hot_models_on_both_backward_paths(activation, dtype):
+    from trainers.models import MLP
+
+    n, width = 11, 16
+    model = MLP(n, width, activation, torch.Generator().manual_seed(0)).to(dtype)
+    a, b = torch.randint(0, n, (64,)), torch.randint(0, n, (64,))
+    x, labels = model.inputs(a, b), (a + b) % n
+    one_hot = torch.cat([F.one_hot(a, n), F.one_hot(b, n)], dim=1).to(dtype)
+    w_in, w_out = model.w_in.detach().clone().requires_grad_(), model.w_out.detach().clone().requires_grad_()
+    hidden = one_hot @ w_in
+    dense = (hidden * hidden if activation == "quadratic" else torch.relu(hidden)) @ w_out.t()
+    F.cross_entropy(dense, labels).backward()
+    grads = {}
+    for path in ("sparse", "index_add"):
+        model.zero_grad()
+        if path == "index_add":
+            model._scatter_matrix = lambda x: None  # the CUDA path
+        F.cross_entropy(model(x), labels).backward()
+        grads[path] = (model.w_in.grad.clone(), model.w_out.grad.clone())
+        torch.testing.assert_close(grads[path][0], w_in.grad)
+        torch.testing.assert_close(grads[path][1], w_out.grad)

@@ -59,21 +59,26 @@ class EventTracker:
         return self.events["steps_to_generalize"] is None
 
 
-def evaluate(model, inputs, labels, train_idx, val_idx, loss: str, modular: bool) -> dict[str, float]:
-    """Every METRICS value, from one forward pass over the whole dataset without autograd."""
+def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_logits=None) -> dict[str, float]:
+    """Every METRICS value, without autograd. `train` and `val` are (inputs, labels); `train_logits`: the
+    training step's own forward over the whole training set at these weights (full batch), reused rather
+    than computed twice -- the models have no dropout or normalisation statistics, so train and eval mode
+    compute the same function."""
     import torch
 
     from trainers.optim import per_sample_loss
 
     with torch.no_grad():
-        logits = model(inputs)
-        losses = per_sample_loss(loss, logits, labels)
-        correct = (logits.argmax(-1) == labels).to(losses.dtype)
-        train_losses = losses[train_idx]
+        train_logits = model(train[0]) if train_logits is None else train_logits.detach()
+        val_logits = model(val[0])
+        train_losses = per_sample_loss(loss, train_logits, train[1])
+        val_losses = per_sample_loss(loss, val_logits, val[1])
         norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in model.parameters()))
+        dtype = train_losses.dtype
         values = torch.stack([
-            train_losses.mean(), correct[train_idx].mean(), losses[val_idx].mean(), correct[val_idx].mean(),
-            norm.to(losses.dtype), (train_losses == 0).to(losses.dtype).mean(),
+            train_losses.mean(), (train_logits.argmax(-1) == train[1]).to(dtype).mean(),
+            val_losses.mean(), (val_logits.argmax(-1) == val[1]).to(dtype).mean(),
+            norm.to(dtype), (train_losses == 0).to(dtype).mean(),
         ]).tolist()
         sparsity = fourier_sparsity(model.embedding()) if modular else float("nan")
     names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse")

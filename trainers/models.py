@@ -8,6 +8,7 @@ layer computes only the answer position's query, attention output, MLP and unemb
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,34 +27,63 @@ def _normal(generator: torch.Generator, shape: tuple[int, ...], std: float) -> t
     return nn.Parameter(torch.randn(shape, generator=generator) * std)
 
 
+def _rows_gradient(x: torch.Tensor, grad: torch.Tensor, rows: int, scatter: torch.Tensor | None) -> torch.Tensor:
+    """The gradient of w (rows, width) in h = w[x[:, 0]] + w[x[:, 1]]: every pair's grad added to its two rows.
+    With `scatter` (the (rows, B) CSR matrix of which pair reads which row) one sparse product does it,
+    ~1.6x faster than two index_add_ on CPU (gromov: 0.40 vs 0.65 ms)."""
+    if scatter is not None:
+        return torch.sparse.mm(scatter, grad)
+    grad_w = grad.new_zeros(rows, grad.shape[1])
+    return grad_w.index_add_(0, x[:, 0], grad).index_add_(0, x[:, 1], grad)
+
+
+def scatter_matrix(x: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """CSR (rows, B) with a 1 at (r, i) when pair i reads row r (x's two columns use disjoint rows)."""
+    flat = x.flatten()  # pair i reads rows flat[2i], flat[2i + 1]
+    order = torch.argsort(flat, stable=True)  # by row, pairs in increasing order within a row
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=x.device)
+    crow[1:] = torch.bincount(flat, minlength=rows).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse.mm on CPU is long-standing
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, order // 2, torch.ones(len(flat), dtype=dtype, device=x.device),
+                                       (rows, x.shape[0]))
+
+
 class _RowSum(torch.autograd.Function):
-    """w[x[:, 0]] + w[x[:, 1]], with a backward of two `index_add_`s (faster than embedding_bag's on CPU)."""
+    """w[x[:, 0]] + w[x[:, 1]] (embedding_bag), with the faster backward of `_rows_gradient`."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, scatter: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.rows = w.shape[0]
+        ctx.rows, ctx.scatter = w.shape[0], scatter
         return F.embedding_bag(x, w, mode="sum")  # (B, width)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        grad_w = grad.new_zeros(ctx.rows, grad.shape[1])
-        return None, grad_w.index_add_(0, x[:, 0], grad).index_add_(0, x[:, 1], grad)
+        return None, _rows_gradient(x, grad, ctx.rows, ctx.scatter), None
 
 
-class _Square(torch.autograd.Function):
-    """h * h, with a backward of one product and one in-place doubling (autograd's h * h makes three passes)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(h)
-        return h * h
+class _QuadraticMLP(torch.autograd.Function):
+    """(w_in[x0] + w_in[x1])^2 @ w_out^T as one autograd node. Its backward applies the activation's factor
+    2 to the small (B, n) logit gradient (an exact scaling) and multiplies by h in place: one pass over the
+    (B, width) activations fewer than autograd's h * h, and no temporary."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (h,) = ctx.saved_tensors
-        return torch.mul(grad, h).mul_(2)
+    def forward(ctx, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
+                scatter: torch.Tensor | None) -> torch.Tensor:
+        h = F.embedding_bag(x, w_in, mode="sum")  # (B, width)
+        a = h * h
+        ctx.save_for_backward(x, h, a, w_out)
+        ctx.rows, ctx.scatter = w_in.shape[0], scatter
+        return F.linear(a, w_out)  # (B, n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None]:
+        x, h, a, w_out = ctx.saved_tensors
+        grad_w_out = grad.t().mm(a)  # (n, width)
+        grad_h = (grad * 2).mm(w_out).mul_(h)  # d/dh of h^2 = 2h, the 2 applied to the small (B, n) gradient
+        return None, _rows_gradient(x, grad_h, ctx.rows, ctx.scatter), grad_w_out, None
 
 
 class MLP(nn.Module):
@@ -69,15 +99,27 @@ class MLP(nn.Module):
         self.n, self.activation = n, activation
         self.w_in = _uniform(generator, (2 * n, width), fan_in=2 * n)  # rows: a's one-hot, then b's
         self.w_out = _uniform(generator, (n, width), fan_in=width)  # nn.Linear(width, n).weight
+        self._scatter: tuple | None = None  # (inputs, their version, scatter_matrix): see _scatter_matrix
 
     def inputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The row indices each pair sums, (N, 2)."""
         return torch.stack([a, b + self.n], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _RowSum.apply(x, self.w_in)  # (B, width)
-        h = _Square.apply(h) if self.activation == "quadratic" else torch.relu(h)
-        return F.linear(h, self.w_out)  # (B, n)
+        scatter = self._scatter_matrix(x) if torch.is_grad_enabled() else None
+        if self.activation == "quadratic":
+            return _QuadraticMLP.apply(x, self.w_in, self.w_out, scatter)  # (B, n)
+        return F.linear(torch.relu(_RowSum.apply(x, self.w_in, scatter)), self.w_out)
+
+    def _scatter_matrix(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`scatter_matrix(x)` on CPU (elsewhere index_add_ serves), kept while the same input tensor comes
+        back: full-batch training passes the same one every step."""
+        if x.device.type != "cpu":
+            return None
+        cached = self._scatter
+        if cached is None or cached[0] is not x or cached[1] != x._version or cached[2].dtype != self.w_in.dtype:
+            cached = self._scatter = (x, x._version, scatter_matrix(x, self.w_in.shape[0], self.w_in.dtype))
+        return cached[2]
 
     def embedding(self) -> torch.Tensor:
         """Per-symbol input weights, (n, 2 * width): the Fourier-sparsity measure reads these."""

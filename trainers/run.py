@@ -106,6 +106,8 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         config.grokfast, config.grokfast_alpha, config.grokfast_lambda, config.grokfast_window)
     inputs = model.inputs(data.a, data.b)
     train_inputs, train_labels = inputs[data.train_idx], data.labels[data.train_idx]
+    val = (inputs[data.val_idx], data.labels[data.val_idx])
+    full_batch = config.batch_size is None or config.batch_size >= len(train_labels)
     modular = config.op in MODULAR
 
     step, history = 0, []
@@ -140,10 +142,11 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         return step % config.eval_every == 0 or step == config.max_steps
 
     while True:
+        logits = None
         if evaluation_due():
-            model.eval()
-            metrics = evaluate(model, inputs, data.labels, data.train_idx, data.val_idx, config.loss, modular)
-            model.train()
+            if full_batch:  # this step's training forward; evaluation reads the train metrics off it
+                logits = model(train_inputs)
+            metrics = evaluate(model, (train_inputs, train_labels), val, config.loss, modular, train_logits=logits)
             history.append({"step": step, **metrics})
             tracker.update(step, metrics)
             done = finished()
@@ -163,7 +166,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         x, y = (train_inputs, train_labels) if rows is None else (train_inputs[rows], train_labels[rows])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = mean_loss(config.loss, model(x), y)
+        loss = mean_loss(config.loss, model(x) if logits is None else logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_filter is not None:
