@@ -1,7 +1,7 @@
 """Each preset run on its defaults to its events: a preset is a promise that it groks (long; not in CI).
 
 Prints memorise / generalise steps, the 95% crossing, censoring and wall time per preset. power2022 is
-1e5 minibatch steps (about an hour on 2 CPU cores); pass names to run a subset.
+1e5 minibatch steps at most, ~40 ms each; it generalises at 2500 (~2 min). Pass names to run a subset.
 
     flock /tmp/groksweep-cpu.lock python benchmarks/presets.py gromov nanda2023
 """

@@ -492,6 +492,7 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
             raise UserError(f"sweep {name!r} has no Tune state to resume at {path}; start it again with "
                             f"`groksweep sweep SPEC --name {name} --overwrite`")
         _restore_deleted_checkpoints(root, name)
+        tune_storage.remove_leftovers(path)
         tuner = tune.Tuner.restore(path, trainable=_trainable(spec, root), resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=storage_filesystem)
         # callbacks come back pickled from tuner.pkl: give them fresh state

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -100,6 +101,17 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
 
     def open_append_stream(self, path: str, metadata: dict | None) -> pa.NativeFile:
         return self.local.open_append_stream(path, metadata)
+
+
+def remove_leftovers(path: str) -> int:
+    """Delete the temporary files that writers killed mid-file left under a local sweep folder; how many."""
+    if "://" in path and not path.startswith("file://"):
+        return 0
+    removed = 0
+    for leftover in Path(path.removeprefix("file://")).rglob(f".*{TEMP_MARK}*"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def location(path: str) -> tuple[str, pafs.FileSystem | None]:

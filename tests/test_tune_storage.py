@@ -8,7 +8,7 @@ import textwrap
 
 import pyarrow.fs as pafs
 
-from orchestrator.tune_storage import TEMP_MARK, location
+from orchestrator.tune_storage import TEMP_MARK, location, remove_leftovers
 
 
 def test_a_writer_killed_mid_file_leaves_the_previous_file_whole(tmp_path):
@@ -33,6 +33,8 @@ def test_a_writer_killed_mid_file_leaves_the_previous_file_whole(tmp_path):
     with fs.open_output_stream(str(state)) as out:  # a completed write replaces it
         out.write(b'{"trial_data": ["new"]}')
     assert state.read_text() == '{"trial_data": ["new"]}'
+    assert remove_leftovers(str(tmp_path)) == 1  # what resume does before restoring
+    assert [p.name for p in tmp_path.iterdir()] == [state.name]
 
 
 def test_directory_upload_round_trips_and_uris(tmp_path):
