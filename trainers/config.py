@@ -7,6 +7,7 @@ column. `asdict(config)` is its only dict form.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -125,8 +126,10 @@ def validate(c: TrainConfig) -> None:
 
 # --- typed construction from untyped input (CLI strings, YAML, JSON, Tune param dicts) ---
 
+@functools.cache
 def _field_type(name: str) -> tuple[type, bool]:
-    """(base type, nullable) of a field, from its annotation."""
+    """(base type, nullable) of a field, from its annotation (resolving annotations costs ~0.3 ms a call:
+    a 10,000-trial sweep converts every field of every trial)."""
     hint = typing.get_type_hints(TrainConfig)[name]
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
