@@ -168,7 +168,18 @@ def worker(side: str, name: str, steps: int | None) -> dict:
         reference_run(config, on_eval)
     (s0, t0), (s1, t1) = stamps[1], stamps[-1]  # from the first evaluation after step 0: warm caches
     return {"ms_per_step": (t1 - t0) / (s1 - s0) * 1000, "events": tracker.events, "steps": s1,
-            "sgemm_gflops": sgemm_gflops() if steps is not None else None}
+            "sgemm_gflops": sgemm_gflops() if steps is not None else None,
+            "train_loss": [row["train_loss"] for row in history], "val_acc": [row["val_acc"] for row in history]}
+
+
+def agreement(reference: dict, ours: dict) -> str:
+    """How closely the two sides' curves agree, evaluation by evaluation: float32 rounding differs between
+    them (other kernels, other summation orders), and long runs amplify it."""
+    pairs = list(zip(reference["train_loss"], ours["train_loss"], strict=False))
+    loss = max(abs(a - b) / abs(a) for a, b in pairs)
+    acc = max(abs(a - b) for a, b in zip(reference["val_acc"], ours["val_acc"], strict=False))
+    return (f"curves over {len(pairs)} evaluations: train_loss max relative difference {loss:.1e}, "
+            f"val_acc max gap {acc:.4f}")
 
 
 def spawn(side: str, name: str, steps: int | None) -> dict:
@@ -213,6 +224,7 @@ def main() -> None:
         print(f"{'':<10} measured sgemm peak (2048^3, {THREADS} threads): {results['ours']['peak']:.0f} GFLOP/s")
         print(f"{'':<10} ratio of each adjacent pair: median {statistics.median(paired):.2f} "
               f"(min {paired[0]:.2f}, max {paired[-1]:.2f})")
+        print(f"{'':<10} {agreement(pairs[0]['reference'], pairs[0]['ours'])}")
     if args.full:
         print("\nwhole runs (each preset's budget, stop on confirmed generalisation): events")
         for name in args.presets:
@@ -220,7 +232,11 @@ def main() -> None:
             for side, r in events.items():
                 print(f"{name:<10} {side:<10} {r['ms_per_step']:8.2f} ms/step  {r['events']}")
             same = events["reference"]["events"] == events["ours"]["events"]
-            print(f"{name:<10} same events: {same}")
+            apart = max(abs((events["reference"]["events"][k] or 0) - (events["ours"]["events"][k] or 0))
+                        for k in events["ours"]["events"])
+            print(f"{name:<10} same events: {same}" + ("" if same else
+                  f" (at most {apart} steps apart; evaluations every {preset(name).eval_every})"))
+            print(f"{'':<10} {agreement(events['reference'], events['ours'])}")
 
 
 if __name__ == "__main__":
