@@ -36,6 +36,11 @@ class _ReplaceOnClose(io.FileIO):
         super().close()
         os.replace(self.name, self.final_path)
 
+    def __del__(self) -> None:  # dropped without close (a writer that failed): discard, never publish
+        if not self.closed:
+            super().close()
+            Path(self.name).unlink(missing_ok=True)
+
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
     """pyarrow's LocalFileSystem, except that output streams replace their file atomically on close."""

@@ -8,7 +8,7 @@ import textwrap
 
 import pyarrow.fs as pafs
 
-from orchestrator.tune_storage import TEMP_MARK, location, remove_leftovers
+from orchestrator.tune_storage import TEMP_MARK, _ReplaceOnClose, location, remove_leftovers
 
 
 def test_a_writer_killed_mid_file_leaves_the_previous_file_whole(tmp_path):
@@ -29,6 +29,11 @@ def test_a_writer_killed_mid_file_leaves_the_previous_file_whole(tmp_path):
     listed = [info.base_name for info in fs.get_file_info(pafs.FileSelector(str(tmp_path)))]
     assert listed == [state.name]  # the leftover temporary file is invisible to Tune
     assert any(TEMP_MARK in p.name for p in tmp_path.iterdir())
+
+    abandoned = _ReplaceOnClose(str(state))  # a writer that failed and was dropped: discarded, not published
+    abandoned.write(b"{")
+    del abandoned
+    assert state.read_text() == '{"trial_data": ["old"]}'
 
     with fs.open_output_stream(str(state)) as out:  # a completed write replaces it
         out.write(b'{"trial_data": ["new"]}')
