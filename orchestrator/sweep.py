@@ -446,8 +446,7 @@ def _restore_deleted_checkpoints(root: str, name: str) -> None:
     import pyarrow.fs as pafs
 
     fs, base = _filesystem(root)
-    table = trials_table(root, name)
-    final = set(table.filter(pl.col("status").is_in(list(store.FINAL)))["trial_id"]) if table.height else set()
+    final = store.final_trial_ids(root, name)
     for trial_dir in _trial_dirs(fs, f"{base}/sweeps/{name}/{TUNE_DIR}"):
         # trial directories are named train_trial_<trial_id>_<index>_<params>_<time>
         if any(f"_{t}_" in trial_dir.base_name for t in final):
@@ -460,7 +459,7 @@ def _restore_deleted_checkpoints(root: str, name: str) -> None:
         registered = f"{trial_dir.path}/checkpoint_{numbers[0]:06d}"
         for missing in range(numbers[0]):
             # copied whole under a name Tune ignores, then renamed: a resume killed here leaves no half copy
-            partial = f"{trial_dir.path}/.partial-checkpoint_{missing:06d}"
+            partial = f"{trial_dir.path}/{tune_storage.TEMP_MARK}checkpoint_{missing:06d}"
             if fs.get_file_info(partial).type == pafs.FileType.Directory:
                 fs.delete_dir(partial)
             fs.create_dir(partial, recursive=True)

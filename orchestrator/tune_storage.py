@@ -110,10 +110,11 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
 
 def remove_leftovers(path: str) -> int:
     """Delete the temporary files that writers killed mid-file left under a local sweep folder; how many."""
-    if "://" in path and not path.startswith("file://"):
+    local, filesystem = location(path)
+    if filesystem is None:  # an object store: nothing is ever left half-written
         return 0
     removed = 0
-    for leftover in Path(path.removeprefix("file://")).rglob(f".*{TEMP_MARK}*"):
+    for leftover in Path(local).rglob(f".*{TEMP_MARK}*"):
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed

@@ -107,7 +107,6 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     inputs = model.inputs(data.a, data.b)
     train_inputs, train_labels = inputs[data.train_idx], data.labels[data.train_idx]
     val = (inputs[data.val_idx], data.labels[data.val_idx])
-    full_batch = config.batch_size is None or config.batch_size >= len(train_labels)
     modular = config.op in MODULAR
 
     step, history = 0, []
@@ -142,9 +141,9 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         return step % config.eval_every == 0 or step == config.max_steps
 
     while True:
-        logits = None
+        rows, logits = batch_indices(config, len(train_labels), step), None
         if evaluation_due():
-            if full_batch:  # this step's training forward; evaluation reads the train metrics off it
+            if rows is None:  # full batch: this step's training forward; evaluation reads the train metrics off it
                 logits = model(train_inputs)
             metrics = evaluate(model, (train_inputs, train_labels), val, config.loss, modular, train_logits=logits)
             history.append({"step": step, **metrics})
@@ -162,7 +161,6 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
                 break
         elif finished():  # resumed from the final checkpoint of a finished run
             break
-        rows = batch_indices(config, len(train_labels), step)
         x, y = (train_inputs, train_labels) if rows is None else (train_inputs[rows], train_labels[rows])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
