@@ -36,7 +36,7 @@ from orchestrator.spec import (
     points,
     trial_train_config,
 )
-from orchestrator.stopping import GrokkingPolicy
+from orchestrator.trainer_process import Batch, Job, Started, TrainerProcess
 from trainers.metrics import CENSORED
 
 SPEC_FILE, META_FILE, TUNE_DIR, JOURNAL_FILE, LOG_DIR = "spec.yaml", "sweep.json", "tune", "optuna.journal", "logs"
@@ -88,78 +88,92 @@ def remove_sweep_files(root: str, name: str) -> None:
 # --- the trainable: a thin adapter over trainers.run ---
 
 def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = None) -> None:
-    """One Tune trial: resume from Tune's checkpoint if any, report at every evaluation, checkpoint every
-    `spec.checkpoint_every` evaluations but at most one per `spec.checkpoint_every_s` (and one at the end);
-    Tune keeps only the last one."""
+    """One Tune trial: resume from Tune's checkpoint if any, send the evaluations in batches (see
+    `trainer_process`), checkpoint every `spec.checkpoint_every` evaluations but at most one per
+    `spec.checkpoint_every_s` (and one at the end); Tune keeps only the last one. The training itself
+    runs in this actor's trainer process."""
     entered = time.perf_counter()
     import ray
     from ray import tune
 
-    from trainers.run import pick_device, run
-
     train_config = trial_train_config(spec, config, points(spec))
     trial_id = tune.get_context().get_trial_id()
-    policy = GrokkingPolicy(spec.prune_not_memorized_by)
     if not ray.get_gpu_ids():  # Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for gpu: 0 trials
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    device = str(pick_device())
     work = Path(tempfile.mkdtemp(prefix=f"groksweep-{trial_id}-"))
     log = None
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"{trial_id}.log", "a")  # noqa: SIM115 - closed below
+    trainer, finished = _trainer_process(), False
     try:
         restored = tune.get_checkpoint()
         if restored is not None:
             restored.to_directory(str(work))  # the trainer resumes from a checkpoint copied into its dir
-        if log:
-            log.write(f"# trial {trial_id} on {device}, {'resumed' if restored else 'started'} {time.ctime()}\n"
-                      f"# config {json.dumps(train_config.to_dict())}\n")
-
-        pending: list[dict[str, Any]] = []  # evaluations not yet sent to the driver
-        last_sent = [time.monotonic()]
-
-        def report(ev) -> bool:
-            prune = not ev.done and policy.should_prune(ev.step, ev.events["steps_to_memorize"])
-            pending.append({"step": ev.step, **ev.metrics})
-            if log:
-                log.write(f"step {ev.step} train_acc {ev.metrics['train_acc']:.4f} val_acc {ev.metrics['val_acc']:.4f}"
-                          f" train_loss {ev.metrics['train_loss']:.4g} val_loss {ev.metrics['val_loss']:.4g}"
-                          + (" PRUNED: not memorised" if prune else "") + "\n")
-            # One tune.report costs a few ms: send the evaluations in batches -- at every checkpoint (so the
-            # rows up to it are durable), at the end, and at least every spec.report_every_s (0: always; a
-            # Tune scheduler that acts on rungs needs that).
-            checkpoint = ev.checkpoint  # the trainer writes one per checkpoint_every evaluations / _s seconds
-            due = time.monotonic() - last_sent[0] >= spec.report_every_s
-            if checkpoint is None and not (ev.done or prune or due):
-                return False
-            metrics = {**ev.metrics, **ev.events, "step": ev.step, "device": device, CURVE: list(pending),
-                       **objectives(spec, ev.events, ev.metrics, train_config.max_steps)}
-            if ev.done or prune:
-                metrics[CENSORED] = ev.events["steps_to_generalize"] is None
-            if prune:
-                metrics[PRUNED] = True
-            if checkpoint is not None:
-                metrics[CHECKPOINTED] = True
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
-            else:
-                tune.report(metrics)
-            pending.clear()
-            last_sent[0] = time.monotonic()
-            if log:
-                log.flush()
-            return prune
-
-        setup_s = time.perf_counter() - entered
-        result = run(train_config, report, checkpoint_dir=work, checkpoint_every=spec.checkpoint_every,
-                     checkpoint_every_s=spec.checkpoint_every_s)
-        if log:
-            log.write(f"# done: steps {result.steps_run} censored {result.censored} events {result.events}; "
-                      f"setup {setup_s:.3f} s, run {result.wall_s:.3f} s\n")
+        job = Job(config=train_config.to_dict(), checkpoint_dir=str(work), checkpoint_every=spec.checkpoint_every,
+                  checkpoint_every_s=spec.checkpoint_every_s, report_every_s=spec.report_every_s,
+                  prune_not_memorized_by=spec.prune_not_memorized_by)
+        device = "?"
+        for message in trainer.run(job):
+            if isinstance(message, Started):
+                device = message.device
+                if log:
+                    log.write(f"# trial {trial_id} on {device}, {'resumed' if restored else 'started'} "
+                              f"{time.ctime()} (trainer pid {trainer.process.pid})\n"
+                              f"# config {json.dumps(job.config)}\n")
+            elif isinstance(message, Batch):
+                if log:
+                    _log_batch(log, message)
+                metrics = {**message.metrics, **message.events, "step": message.step, "device": device,
+                           CURVE: message.rows,
+                           **objectives(spec, message.events, message.metrics, train_config.max_steps)}
+                if message.done or message.pruned:
+                    metrics[CENSORED] = message.events["steps_to_generalize"] is None
+                if message.pruned:
+                    metrics[PRUNED] = True
+                if message.checkpoint is not None:
+                    metrics[CHECKPOINTED] = True
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(message.checkpoint))
+                    trainer.release()
+                else:
+                    tune.report(metrics)
+            elif log:
+                log.write(f"# done: steps {message.steps_run} censored {message.censored} events {message.events}; "
+                          f"in this trial {time.perf_counter() - entered:.3f} s, training {message.wall_s:.3f} s\n")
+        finished = True
     finally:
+        if not finished:  # failed, or stopped by Tune mid-run: the child's state is unknown
+            _discard_trainer_process()
         if log:
             log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _log_batch(log, batch: Batch) -> None:
+    for row in batch.rows:
+        log.write(f"step {row['step']} train_acc {row['train_acc']:.4f} val_acc {row['val_acc']:.4f}"
+                  f" train_loss {row['train_loss']:.4g} val_loss {row['val_loss']:.4g}\n")
+    if batch.pruned:
+        log.write(f"step {batch.step} PRUNED: not memorised\n")
+    log.flush()
+
+
+_TRAINER: TrainerProcess | None = None  # this actor's trainer process, kept across the trials it runs
+
+
+def _trainer_process() -> TrainerProcess:
+    global _TRAINER
+    if _TRAINER is None or not _TRAINER.usable():
+        _discard_trainer_process()
+        _TRAINER = TrainerProcess()
+    return _TRAINER
+
+
+def _discard_trainer_process() -> None:
+    global _TRAINER
+    if _TRAINER is not None:
+        _TRAINER.close()
+        _TRAINER = None
 
 
 # --- Optuna: every proposed configuration once per seed ---
