@@ -1,13 +1,16 @@
 """What Ray Tune costs, and what stop-on-generalise saves. Run under the team's CPU lock:
 
     flock /tmp/groksweep-cpu.lock /work/venv/bin/python benchmarks/tune_overhead.py [--trials 12] [--steps 1500]
-        [--repeats 3] [--skip-saved]
+        [--repeats 5] [--skip-saved] [--skip-where]
 
 1. Overhead: the same trials (a fixed number of steps each: stop_on_generalize off) through a groksweep
    sweep and through a plain process pool running `trainers.run`, at the same concurrency and thread
    count, in one run. Prints the time from first trial start to last trial end for both, and their
    ratio (target <= 1.10); Ray start-up and shutdown separately.
-2. Compute saved: a small weight-decay study with stop_on_generalize on, against the same study with it
+2. Where a trial's training runs: the same trainers.run timed in a plain pool process, directly inside a
+   Ray worker process, and in a child process that a Ray worker starts (what groksweep's trials do,
+   orchestrator/trainer_process.py). Median training seconds of each.
+3. Compute saved: a small weight-decay study with stop_on_generalize on, against the same study with it
    off (each trial runs its whole max_steps). Prints the total trial-steps ratio and the median
    steps_to_generalize per weight decay in both, and whether they order the weight decays the same.
 """
@@ -15,7 +18,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
@@ -69,6 +74,55 @@ def overhead(trials: int, steps: int, concurrency: int, root: str, repeats: int)
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.10)")
 
 
+def _training_s(config) -> float:
+    from trainers.run import run
+
+    return run(config).wall_s
+
+
+def _training_s_in_child(configs: list, root: str) -> list[float]:
+    """Inside a Ray worker: each config through a TrainerProcess, as a groksweep trial runs it."""
+    from orchestrator.trainer_process import Finished, Job, TrainerProcess
+
+    trainer, seconds = TrainerProcess(), []
+    try:
+        for i, config in enumerate(configs):
+            job = Job(config=config.to_dict(), checkpoint_dir=f"{root}/child-{os.getpid()}-{i}", checkpoint_every=10**9,
+                      checkpoint_every_s=0.0, report_every_s=10**9, prune_not_memorized_by=None)
+            for message in trainer.run(job):
+                if isinstance(message, Finished):
+                    seconds.append(message.wall_s)
+                elif getattr(message, "checkpoint", None):
+                    trainer.release()
+    finally:
+        trainer.close()
+    return seconds
+
+
+def where_trials_run(trials: int, steps: int, concurrency: int, root: str, repeats: int) -> None:
+    import ray
+
+    configs = [dataclasses.replace(preset("tiny"), max_steps=steps, stop_on_generalize=False, threads=1,
+                                   weight_decay=round(0.5 + 0.25 * i, 2)) for i in range(trials)]
+    per_slot = [configs[i::concurrency] for i in range(concurrency)]
+    seconds: dict[str, list[float]] = {"plain pool process": [], "inside a Ray worker": [],
+                                       "child of a Ray worker (groksweep)": []}
+    for _ in range(repeats):
+        with mp.get_context("spawn").Pool(concurrency) as pool:
+            seconds["plain pool process"] += pool.map(_training_s, configs, chunksize=1)[concurrency:]
+        with ray_session(num_cpus=concurrency):
+            direct = ray.remote(num_cpus=1)(lambda cs: [_training_s(c) for c in cs])
+            in_child = ray.remote(num_cpus=1)(_training_s_in_child)
+            seconds["inside a Ray worker"] += sum((s[1:] for s in ray.get([direct.remote(c) for c in per_slot])), [])
+            seconds["child of a Ray worker (groksweep)"] += sum(
+                (s[1:] for s in ray.get([in_child.remote(c, root) for c in per_slot])), [])
+    base = statistics.median(seconds["plain pool process"])
+    print(f"\nwhere a trial's training runs: {trials} x {steps} steps at concurrency {concurrency}, {repeats} rounds "
+          "(median training seconds per trial, first trial of each process left out)")
+    for where, values in seconds.items():
+        print(f"  {where:34s} {statistics.median(values):.3f} s  ({statistics.median(values) / base:.3f} x pool)")
+
+
 def compute_saved(root: str, concurrency: int) -> None:
     weight_decays = [1.0, 2.0, 3.0]
     rows = {}
@@ -100,11 +154,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="pool/Tune rounds (the median ratio is reported)")
-    parser.add_argument("--skip-saved", action="store_true", help="only the overhead part")
+    parser.add_argument("--repeats", type=int, default=5, help="pool/Tune rounds (the median ratio is reported)")
+    parser.add_argument("--skip-saved", action="store_true", help="skip the compute-saved study")
+    parser.add_argument("--skip-where", action="store_true", help="skip timing where a trial's training runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gsbench") as root:
         overhead(args.trials, args.steps, args.concurrency, root, args.repeats)
+        if not args.skip_where:
+            where_trials_run(args.trials, args.steps, args.concurrency, root, args.repeats)
         if not args.skip_saved:
             compute_saved(root, args.concurrency)
 
