@@ -1,9 +1,10 @@
 """A trial's training runs in a child process of its Tune actor, not in the actor itself.
 
 Why: the same `trainers.run` takes ~5 % more CPU time inside a Ray worker process than in a plain
-process (measured with perf: every library equally slower, i.e. the process's ~25 Ray threads and
-their wake-ups, not any one call), and ~7 % more wall time. In a child that the worker starts it runs
-as fast as in a plain process pool (`benchmarks/tune_overhead.py` prints both). The child lives as long
+process, and ~7 % more wall time. Under perf every library is equally slower (not any one call), so
+the likely cause is the ~25 Ray threads the worker process carries and their wake-ups. In a child
+that the worker starts it runs as fast as in a plain process pool (`benchmarks/tune_overhead.py`
+prints all three). The child lives as long
 as its actor, and Tune reuses actors across trials, so torch is imported once per actor, as before.
 
 The child decides locally when a batch of evaluations is due (every `report_every_s`, at each
