@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing as mp
 import os
 import statistics
@@ -41,14 +40,19 @@ def _train(config) -> tuple[float, float, int]:
     return started, time.time(), result.steps_run
 
 
-def overhead(trials: int, steps: int, concurrency: int, root: str, repeats: int) -> None:
+def overhead_trials(trials: int, steps: int, concurrency: int) -> tuple:
+    """The overhead sweep's spec and the very configs its Tune trials run."""
     weight_decays = [round(0.5 + 0.25 * i, 2) for i in range(trials)]
     base = {"preset": "tiny", "max_steps": steps, "stop_on_generalize": False, "threads": 1}
     spec = parse_spec({"name": "overhead", "base": base, "method": "grid", "max_concurrent": concurrency,
                        "parameters": {"weight_decay": {"values": weight_decays}}, "seeds": [0],
                        "resources": {"cpu": 1}})
-    all_points = points(spec)  # the very configs the Tune trials run
-    configs = [trial_train_config(spec, {"point": i, "seed": 0}, all_points) for i in range(trials)]
+    all_points = points(spec)
+    return spec, [trial_train_config(spec, {"point": i, "seed": 0}, all_points) for i in range(trials)]
+
+
+def overhead(trials: int, steps: int, concurrency: int, root: str, repeats: int) -> None:
+    spec, configs = overhead_trials(trials, steps, concurrency)
     print(f"overhead: {trials} trials x {steps} steps (tiny MLP, 1 thread each), concurrency {concurrency}; "
           f"pool and Tune alternate, {repeats} rounds")
     ratios = []
@@ -82,7 +86,7 @@ def _training_s(config) -> float:
 
 def _training_s_in_child(configs: list, root: str) -> list[float]:
     """Inside a Ray worker: each config through a TrainerProcess, as a groksweep trial runs it."""
-    from orchestrator.trainer_process import Finished, Job, TrainerProcess
+    from orchestrator.trainer_process import Batch, Finished, Job, TrainerProcess
 
     trainer, seconds = TrainerProcess(), []
     try:
@@ -92,7 +96,7 @@ def _training_s_in_child(configs: list, root: str) -> list[float]:
             for message in trainer.run(job):
                 if isinstance(message, Finished):
                     seconds.append(message.wall_s)
-                elif getattr(message, "checkpoint", None):
+                elif isinstance(message, Batch) and message.checkpoint is not None:
                     trainer.release()
     finally:
         trainer.close()
@@ -102,8 +106,7 @@ def _training_s_in_child(configs: list, root: str) -> list[float]:
 def where_trials_run(trials: int, steps: int, concurrency: int, root: str, repeats: int) -> None:
     import ray
 
-    configs = [dataclasses.replace(preset("tiny"), max_steps=steps, stop_on_generalize=False, threads=1,
-                                   weight_decay=round(0.5 + 0.25 * i, 2)) for i in range(trials)]
+    _, configs = overhead_trials(trials, steps, concurrency)
     per_slot = [configs[i::concurrency] for i in range(concurrency)]
     seconds: dict[str, list[float]] = {"plain pool process": [], "inside a Ray worker": [],
                                        "child of a Ray worker (groksweep)": []}

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from orchestrator import UserError, store, tune_storage
+from orchestrator import UserError, store, trainer_process, tune_storage
 from orchestrator.runtime import RaySession, ray_session
 from orchestrator.spec import (
     CHECKPOINTED,
@@ -36,7 +36,7 @@ from orchestrator.spec import (
     points,
     trial_train_config,
 )
-from orchestrator.trainer_process import Batch, Job, Started, TrainerProcess
+from orchestrator.trainer_process import Batch, Job, Started
 from trainers.metrics import CENSORED
 
 SPEC_FILE, META_FILE, TUNE_DIR, JOURNAL_FILE, LOG_DIR = "spec.yaml", "sweep.json", "tune", "optuna.journal", "logs"
@@ -105,7 +105,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"{trial_id}.log", "a")  # noqa: SIM115 - closed below
-    trainer, finished = _trainer_process(), False
+    trainer, finished = trainer_process.shared(), False
     try:
         restored = tune.get_checkpoint()
         if restored is not None:
@@ -143,7 +143,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, log_dir: str | None = N
         finished = True
     finally:
         if not finished:  # failed, or stopped by Tune mid-run: the child's state is unknown
-            _discard_trainer_process()
+            trainer_process.discard_shared()
         if log:
             log.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -156,24 +156,6 @@ def _log_batch(log, batch: Batch) -> None:
     if batch.pruned:
         log.write(f"step {batch.step} PRUNED: not memorised\n")
     log.flush()
-
-
-_TRAINER: TrainerProcess | None = None  # this actor's trainer process, kept across the trials it runs
-
-
-def _trainer_process() -> TrainerProcess:
-    global _TRAINER
-    if _TRAINER is None or not _TRAINER.usable():
-        _discard_trainer_process()
-        _TRAINER = TrainerProcess()
-    return _TRAINER
-
-
-def _discard_trainer_process() -> None:
-    global _TRAINER
-    if _TRAINER is not None:
-        _TRAINER.close()
-        _TRAINER = None
 
 
 # --- Optuna: every proposed configuration once per seed ---

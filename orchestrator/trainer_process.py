@@ -130,6 +130,27 @@ def _env() -> tuple[str | None, ...]:
     return tuple(os.environ.get(key) for key in _ENV_KEYS)
 
 
+_SHARED: TrainerProcess | None = None  # this process's (a Tune actor's) trainer, kept across its trials
+
+
+def shared() -> TrainerProcess:
+    """This process's trainer process: the one already running if still usable, else a new one."""
+    global _SHARED
+    if _SHARED is None or not _SHARED.usable():
+        discard_shared()
+        _SHARED = TrainerProcess()
+    return _SHARED
+
+
+def discard_shared() -> None:
+    """End this process's trainer process (after a failure its state is unknown); the next `shared()`
+    starts a new one."""
+    global _SHARED
+    if _SHARED is not None:
+        _SHARED.close()
+        _SHARED = None
+
+
 # --- the child ---
 
 def serve(job_fd: int, out_fd: int, lifeline_fd: int) -> None:
