@@ -487,9 +487,10 @@ def _split_by_overlap(files: list[str]) -> tuple[list[str], list[str], set[str],
     return clean, mixed, suspect_trials, suspect_sweeps
 
 
-def collect(build: Any, retries: int = 3) -> pl.DataFrame:
+def collect(build: Any, retries: int = 8) -> pl.DataFrame:
     """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished
-    mid-read (a curve compaction ran concurrently)."""
+    mid-read (a curve compaction ran concurrently). A writer that compacts every few milliseconds can
+    make several reads in a row stale, hence up to ~1.8 s of backing off before giving up."""
     for attempt in range(retries + 1):
         try:
             frame = build()
