@@ -193,13 +193,19 @@ def _frame_text(frame: Any) -> str:
 
 def _sweep_report(outcome: Any, spec: Any) -> None:
     """The summary table at the end of a sweep, and the resume command if it stopped early."""
-    from orchestrator.sweep import summary
+    from orchestrator.overview import summary
 
-    typer.echo(f"\n{outcome.finished}/{outcome.n_trials} trials ended ({outcome.fit_s:.1f} s in Tune)")
+    if outcome.already_complete:
+        typer.echo(f"sweep {outcome.name} is complete: {outcome.finished}/{outcome.n_jobs} jobs ended; nothing to "
+                   "resume")
+    else:
+        typer.echo(f"\n{outcome.finished}/{outcome.n_jobs} jobs ended ({outcome.fit_s:.1f} s in Tune)")
     if outcome.table.height:
         typer.echo(_frame_text(summary(spec, outcome.table)))
     if outcome.interrupted:
-        typer.echo(f"\nStopped before the end; state saved. Continue with:\n  {outcome.resume_command}")
+        shown = f" ({len(outcome.interrupted_jobs)} job(s) interrupted)" if outcome.interrupted_jobs else ""
+        typer.echo(f"\nStopped before the end{shown}; nothing finished is lost. Continue with:\n"
+                   f"  {outcome.resume_command}")
         raise typer.Exit(130)
 
 
@@ -211,13 +217,18 @@ def _optuna_hint(spec: Any, root: str) -> None:
 
 
 def _run_to_end(fit: Callable[[], Any], spec: Any, root: str) -> None:
-    """Run or resume a sweep, then report it; Ctrl-C (Tune has saved its state) prints how to continue."""
+    """Run or resume a sweep, then report it; Ctrl-C prints how to continue."""
     try:
         outcome = fit()
     except KeyboardInterrupt:
-        typer.echo(f"\nInterrupted. Continue with:\n  groksweep resume {spec.name} --results {root}")
+        typer.echo(f"\nInterrupted; nothing finished is lost. Continue with:\n  groksweep resume {spec.name} "
+                   f"--results {root}")
         raise typer.Exit(130) from None
     _sweep_report(outcome, spec)
+
+
+def _notice(message: str) -> None:
+    typer.echo(f"Note: {message}", err=True)
 
 
 @app.command(rich_help_panel="Sweeps")
@@ -228,41 +239,48 @@ def sweep(
     address: AddressOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Sweep name (default: the spec's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep of this name.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials it would run; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the jobs (and packs) it would run; run "
+                                          "nothing.")] = False,
 ) -> None:
     """Run a sweep on Ray Tune (embedded Ray on loopback, or --address); results go to the store.
 
     Example: groksweep sweep examples/wd-study.yaml --results results
     """
     from orchestrator import sweep as sweeps
+    from orchestrator.jobs import pack_size
+    from orchestrator.overview import dry_run as planned
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path, name=name)
     if dry_run:
         import polars as pl
 
-        trials = sweeps.dry_run(spec)
+        jobs = planned(spec)
         if spec.method == "optuna":
             typer.echo(f"sweep {spec.name}: optuna ({spec.sampler}) would try {spec.num_samples} configurations "
-                       f"x {len(spec.seeds)} seeds = {spec.n_trials} trials over:")
-            for key, (kind, bounds) in trials[0]["space"].items():
+                       f"x {len(spec.seeds)} seeds = {spec.n_jobs} jobs, one Tune trial per configuration "
+                       f"(its seeds packed), over:")
+            for key, (kind, bounds) in jobs[0]["space"].items():
                 typer.echo(f"  {key}: {kind} {bounds}")
         else:
-            typer.echo(_frame_text(pl.DataFrame(trials)))
-            typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_trials} trials")
+            typer.echo(_frame_text(pl.DataFrame(jobs)))
+            size = pack_size(spec, len(jobs))
+            typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_jobs} jobs in {-(-len(jobs) // size)} "
+                       f"Tune trials (packs of {size}), {spec.max_concurrent} at a time")
         return
     root = sweeps.resolve_root(results)
     sweeps.refuse_existing(root, spec.name, overwrite)
-    typer.echo(f"sweep {spec.name}: {spec.method}, {spec.n_trials} trials, results in {root}")
+    typer.echo(f"sweep {spec.name}: {spec.method}, {spec.n_jobs} jobs, results in {root}")
     _optuna_hint(spec, root)
     _run_to_end(lambda: sweeps.run_sweep(spec_path, results=root, address=address, name=name,
-                                         overwrite=overwrite, progress=True), spec, root)
+                                         overwrite=overwrite, progress=True, notice=_notice), spec, root)
 
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def resume(name: NameOpt, results: ResultsOpt = None, address: AddressOpt = None) -> None:
-    """Continue a stopped or crashed sweep: unfinished and failed trials resume from their checkpoints.
+    """Continue a stopped or crashed sweep: run every job it still owes (unfinished ones from their
+    checkpoints); a complete sweep says so and exits 0.
 
     Example: groksweep resume wd-study
     """
@@ -271,68 +289,74 @@ def resume(name: NameOpt, results: ResultsOpt = None, address: AddressOpt = None
     root = sweeps.resolve_root(results)
     spec = sweeps.load_sweep_spec(root, name)
     _optuna_hint(spec, root)
-    _run_to_end(lambda: sweeps.resume_sweep(name, results=root, address=address, progress=True), spec, root)
+    _run_to_end(lambda: sweeps.resume_sweep(name, results=root, address=address, progress=True, notice=_notice),
+                spec, root)
 
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table") -> None:
-    """A sweep's trials: status, events, censoring; and its per-configuration summary.
+    """A sweep's jobs: status, events, censoring; its per-configuration summary; who is writing it.
 
     Example: groksweep status wd-study --format json
     """
     import json
 
-    from orchestrator import sweep as sweeps
+    from orchestrator import lease, overview
+    from orchestrator.sweep import resolve_root
 
     check_format(format, ("table", "json"))
-    spec, table = sweeps.sweep_status(name, results)
+    spec, table = overview.sweep_status(name, results)
+    holder = overview.writer(resolve_root(results), name)
     searched = [k for k, p in spec.parameters.items() if p.kind != "value"]
     columns = ["trial_id", *searched, "seed", "status", "steps_run", "steps_to_memorize", "steps_to_generalize",
                "censored", "wall_s"]
     trials = table.select([c for c in columns if c in table.columns]) if table.height else table
     if format == "json":
-        typer.echo(json.dumps({"sweep": name, "n_trials": spec.n_trials, "trials": trials.to_dicts(),
-                               "summary": sweeps.summary(spec, table).to_dicts()}, default=str))
+        typer.echo(json.dumps({"sweep": name, "n_trials": spec.n_jobs, "n_jobs": spec.n_jobs,
+                               "writer": None if holder is None else lease.describe(holder),
+                               "trials": trials.to_dicts(), "summary": overview.summary(spec, table).to_dicts()},
+                              default=str))
         return
-    typer.echo(f"sweep {name}: {table.height}/{spec.n_trials} trials recorded")
+    typer.echo(f"sweep {name}: {table.height}/{spec.n_jobs} jobs recorded; "
+               + ("no process is writing it" if holder is None else lease.describe(holder)))
     if table.height:
         typer.echo(_frame_text(trials))
-        typer.echo(_frame_text(sweeps.summary(spec, table)))
+        typer.echo(_frame_text(overview.summary(spec, table)))
 
 
 @app.command("ls", rich_help_panel="Sweeps")
 @user_errors
 def list_sweeps(results: ResultsOpt = None, format: FormatOpt = "table") -> None:
-    """The sweeps under the results root, with trial counts by status.
+    """The sweeps under the results root, with job counts by status.
 
     Example: groksweep ls --results results
     """
-    from orchestrator import sweep as sweeps
+    from orchestrator import overview
 
     check_format(format, ("table", "json"))
-    frame = sweeps.sweeps_overview(results)
+    frame = overview.sweeps_overview(results)
     typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else "no sweeps")
 
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
-def logs(name: NameOpt, trial: Annotated[str, typer.Argument(help="Trial id (see `status`).")],
+def logs(name: NameOpt, trial: Annotated[str, typer.Argument(help="Job id, the trial_id column (see `status`).")],
          results: ResultsOpt = None) -> None:
-    """A trial's log, and its traceback if it failed.
+    """A job's log, and its traceback if it failed.
 
-    Example: groksweep logs wd-study 3f2a1_00004
+    Example: groksweep logs wd-study c0003-s1-4be1a0
     """
-    from orchestrator import sweep as sweeps
+    from orchestrator import overview
 
-    typer.echo(sweeps.trial_log(name, trial, results))
+    typer.echo(overview.trial_log(name, trial, results))
 
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def rm(name: NameOpt, results: ResultsOpt = None,
        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
-    """Delete a sweep: its trial rows, curves, Tune state, journal and logs (asks first).
+    """Delete a sweep: its rows, curves, Tune records, journal, logs and checkpoints (asks first).
 
     Example: groksweep rm wd-study --yes
     """
@@ -343,9 +367,39 @@ def rm(name: NameOpt, results: ResultsOpt = None,
         fail(f"no sweep named {name!r} under {root}")
     if not yes and not typer.confirm(f"Delete sweep {name!r} and all its results under {root}?"):
         fail("not deleted", code=1)
-    sweeps.remove_sweep_files(root, name)
+    sweeps.remove_sweep(name, root, notice=_notice)
     typer.echo(f"deleted sweep {name}")
 
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
+def check(name: NameOpt, results: ResultsOpt = None,
+          repair: Annotated[bool, typer.Option("--repair", help="Fix what needs no training (under the sweep's "
+                                               "lease); list what needs `resume`.")] = False,
+          format: FormatOpt = "table") -> None:
+    """Verify a sweep's invariants; one line per violation, naming the job. Exit 0 clean, 1 violations.
+
+    Example: groksweep check wd-study --repair
+    """
+    import json
+
+    from orchestrator import sweep as sweeps
+
+    check_format(format, ("table", "json"))
+    report, repaired = sweeps.check_sweep(name, results, repair=repair, notice=_notice)
+    if format == "json":
+        typer.echo(json.dumps({**report.to_json(), "repaired": repaired}))
+    else:
+        for line in repaired:
+            typer.echo(f"repaired: {line}")
+        if report.holder:
+            typer.echo(f"note: {report.holder}; jobs it has not ended yet are not counted as missing")
+        for violation in report.violations:
+            typer.echo(violation.line() + ("" if violation.repairable else "  [needs resume]"
+                                           if violation.kind in ("missing", "optuna_running", "no_checkpoint") else ""))
+        typer.echo(f"sweep {name}: " + ("ok" if report.ok else f"{len(report.violations)} violation(s)"))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 # ===== results: query, study, phase, plot ===========================================================

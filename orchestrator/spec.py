@@ -32,7 +32,8 @@ CURVE = "curve"  # the evaluation rows (step + METRICS) since the previous repor
 PRUNED = "pruned"  # reported True when the grokking policy ended the trial (not memorised in time)
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
             "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
-            "checkpoint_every_s", "report_every_s")
+            "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints")
+KEEP_CHECKPOINTS = ("none", "censored", "all")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
 
@@ -77,6 +78,8 @@ class SweepSpec:
     checkpoint_every: int = 10  # evaluations between trial checkpoints (one is always kept: the last)
     checkpoint_every_s: float = 10.0  # ... and at least this many seconds: each one costs Tune ~20 ms
     report_every_s: float = 1.0  # longest a trial's evaluations wait to reach Tune; 0: report every evaluation
+    pack: int | None = None  # jobs per Tune trial; None: the rule in orchestrator.jobs
+    keep_checkpoints: str = "censored"  # none | censored | all: which ended jobs keep their final checkpoint
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
 
@@ -85,10 +88,14 @@ class SweepSpec:
         return len(self.metrics) > 1
 
     @property
-    def n_trials(self) -> int:
-        """Tune trials the sweep will run: every point once per seed."""
+    def n_jobs(self) -> int:
+        """Jobs the sweep owes: every configuration once per seed (each one row in `trials`)."""
         n_points = len(points(self)) if self.method != "optuna" else self.num_samples or 0
         return n_points * len(self.seeds)
+
+    @property
+    def n_trials(self) -> int:  # the name used before jobs were packed into Tune trials: rows, i.e. jobs
+        return self.n_jobs
 
     def search_metric_keys(self) -> list[str]:
         """The reported keys the search optimises: `objective`, or one `objective_<name>` per metric."""
@@ -288,6 +295,13 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     checkpoint_every_s = _seconds(raw, "checkpoint_every_s", 10.0, problems)
     report_every_s = _seconds(raw, "report_every_s", 1.0, problems, " (0: every evaluation)")
     num_samples = _int(raw, "num_samples", None, problems, 1)
+    pack = _int(raw, "pack", None, problems, 1)
+    if method == "optuna" and pack is not None:
+        problems.append("pack: optuna packs are one proposed configuration x its seeds; remove `pack`")
+    keep_checkpoints = raw.get("keep_checkpoints", "censored")
+    if keep_checkpoints not in KEEP_CHECKPOINTS:
+        problems.append(f"keep_checkpoints: {keep_checkpoints!r} is not allowed; choose one of "
+                        f"{', '.join(KEEP_CHECKPOINTS)}")
     if method == "grid" and num_samples is not None:
         problems.append("num_samples: belongs to random/optuna; grid runs the full product of `values`")
     if method in ("random", "optuna") and num_samples is None:
@@ -325,8 +339,8 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         seeds=tuple(seeds), max_concurrent=max_concurrent, cpu=float(cpu), gpu=float(gpu),
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
         prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
-        checkpoint_every_s=checkpoint_every_s, report_every_s=report_every_s,
-        description=description, raw=raw,
+        checkpoint_every_s=checkpoint_every_s, report_every_s=report_every_s, pack=pack,
+        keep_checkpoints=keep_checkpoints, description=description, raw=raw,
     )
     _check_configs(spec, problems)
     return None if problems else spec

@@ -35,13 +35,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator import UserError
+from orchestrator.results_root import ResultsRoot, default_root
 from trainers.config import FIELD_NAMES, PRESETS, TrainConfig, _field_type
 from trainers.metrics import CENSORED, EVENTS, METRICS
 
-# Trial status values. A row whose status is FINAL is never overwritten.
-RUNNING, COMPLETED, FAILED, STOPPED = "running", "completed", "failed", "stopped"
-STATUSES = (RUNNING, COMPLETED, FAILED, STOPPED)
+# Job (trial row) status values. A row whose status is FINAL is never overwritten; ENDED rows need no more
+# training (`resume` retries FAILED ones); INTERRUPTED: was running when its writer stopped (Ctrl-C, crash).
+RUNNING, COMPLETED, FAILED, STOPPED, INTERRUPTED = "running", "completed", "failed", "stopped", "interrupted"
+STATUSES = (RUNNING, COMPLETED, FAILED, STOPPED, INTERRUPTED)
 FINAL = frozenset({COMPLETED, STOPPED})
+ENDED = frozenset({COMPLETED, STOPPED, FAILED})
 
 # Libraries whose versions every trial row records (read from package metadata: nothing is imported).
 VERSIONED = ("torch", "ray", "optuna", "polars", "groksweep")
@@ -66,6 +69,9 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "started_at": TIMESTAMP,
     "ended_at": TIMESTAMP,
     "error": pl.String,
+    "optuna_trial": pl.Int64,
+    "pack_size": pl.Int64,
+    "batched": pl.Boolean,
 }
 CURVE_SCHEMA: dict[str, pl.DataType] = {
     "sweep": pl.String,
@@ -77,11 +83,6 @@ TRIAL_KEY = ("sweep", "trial_id")
 CURVE_KEY = ("sweep", "trial_id", "step")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # sweep names and trial ids become path parts
-
-
-def default_root() -> str:
-    """`GROKSWEEP_RESULTS`, else ./results."""
-    return os.environ.get("GROKSWEEP_RESULTS", "results")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -103,23 +104,18 @@ def _write_order(path: str) -> tuple[str, str]:
 
 # --- filesystems: local paths, file:// and any pyarrow URI (s3://, gs://, hdfs://) ---
 
-def _fs(root: str | Path | None) -> tuple[pafs.FileSystem, str, str | None]:
+Root = str | Path | ResultsRoot | None
+
+
+def _fs(root: Root) -> tuple[pafs.FileSystem, str, str | None]:
     """(filesystem, base path in it, URI prefix polars needs for it or None when local)."""
-    root = str(default_root() if root is None else root)
-    if "://" in root and not root.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/"), root.split("://", 1)[0] + "://"
-    if root.startswith("file://"):
-        _, path = pafs.FileSystem.from_uri(root)
-        root = path
-    return pafs.LocalFileSystem(), os.path.abspath(root), None
+    where = ResultsRoot.of(root)
+    return where.fs, where.base, where.prefix
 
 
-def sweep_dir(root: str | Path, name: str) -> str:
+def sweep_dir(root: Root, name: str) -> str:
     """Where a sweep's own files live: <root>/sweeps/<name> (a local path, or a URI for remote roots)."""
-    fs, base, prefix = _fs(root)
-    path = f"{base}/sweeps/{check_name('sweep', name)}"
-    return path if prefix is None else prefix + path
+    return ResultsRoot.of(root).uri_of("sweeps", check_name("sweep", name))
 
 
 def _write_parquet(fs: pafs.FileSystem, path: str, frame: pl.DataFrame) -> None:
@@ -153,7 +149,7 @@ def _sweep_names(fs: pafs.FileSystem, directory: str) -> list[str]:
                   if info.type == pafs.FileType.Directory and info.base_name.startswith("sweep="))
 
 
-def sweeps(root: str | Path | None = None) -> list[str]:
+def sweeps(root: Root = None) -> list[str]:
     """Names of the sweeps that have trial rows or curves under `root`."""
     fs, base, _ = _fs(root)
     return sorted(set(_sweep_names(fs, f"{base}/trials")) | set(_sweep_names(fs, f"{base}/curves")))
@@ -199,7 +195,9 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
               steps_run: int | None = None, wall_s: float | None = None,
               events: dict[str, int | None] | None = None, censored: bool | None = None,
               final_metrics: dict[str, float] | None = None, device: str | None = None,
-              started_at: Any = None, ended_at: Any = None, error: str | None = None) -> dict[str, Any]:
+              started_at: Any = None, ended_at: Any = None, error: str | None = None,
+              optuna_trial: int | None = None, pack_size: int | None = None,
+              batched: bool | None = None) -> dict[str, Any]:
     """The full trial row: sweep, trial_id, every config field, status, results, host, library versions.
     Timestamps may be datetimes, epoch seconds or ISO strings (stored as UTC)."""
     if status not in STATUSES:
@@ -220,17 +218,28 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
         **library_versions(),
         "started_at": _timestamp(started_at),
         "ended_at": _timestamp(ended_at),
-        "error": error,
+        "error": strip_ansi(error),
+        "optuna_trial": optuna_trial,
+        "pack_size": pack_size,
+        "batched": batched,
     }
     assert row.keys() == TRIAL_SCHEMA.keys()
     return row
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str | None) -> str | None:
+    """Tracebacks from Ray carry terminal colour codes: never store them."""
+    return None if text is None else _ANSI.sub("", text)
 
 
 def _trial_path(base: str, sweep: str, trial_id: str) -> str:
     return f"{base}/trials/sweep={check_name('sweep', sweep)}/{check_name('trial id', trial_id)}.parquet"
 
 
-def read_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+def read_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | None:
     """One trial's stored row, or None if it has none yet."""
     fs, base, _ = _fs(root)
     path = _trial_path(base, sweep, trial_id)
@@ -240,7 +249,7 @@ def read_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any
         return pq.read_table(source).to_pylist()[0]
 
 
-def _compacted_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+def _compacted_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | None:
     """A trial's row in the sweep's compacted trial files (final rows only), or None."""
     fs, base, prefix = _fs(root)
     files = [f for f in _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
@@ -249,7 +258,7 @@ def _compacted_trial_row(root: str | Path, sweep: str, trial_id: str) -> dict[st
     return found.row(0, named=True) if found.height else None
 
 
-def write_trial_row(root: str | Path, row: dict[str, Any], known_not_final: bool = False) -> bool:
+def write_trial_row(root: Root, row: dict[str, Any], known_not_final: bool = False) -> bool:
     """Write (or replace) a trial's row atomically; a FINAL row already there is kept. True if written.
     Idempotent on (sweep, trial_id): the trial's one file is replaced. `known_not_final`: the caller
     knows that no FINAL row exists and that `row` has its started_at, so the stored row is not read
@@ -269,7 +278,7 @@ def write_trial_row(root: str | Path, row: dict[str, Any], known_not_final: bool
     return True
 
 
-def final_trial_ids(root: str | Path, sweep: str) -> set[str]:
+def final_trial_ids(root: Root, sweep: str) -> set[str]:
     """Ids of the sweep's trials whose row is FINAL (one scan of its trial files)."""
     fs, base, prefix = _fs(root)
     files = _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
@@ -279,25 +288,241 @@ def final_trial_ids(root: str | Path, sweep: str) -> set[str]:
     return set(rows.collect()["trial_id"].to_list())
 
 
-def drop_unfinished_trials(root: str | Path, sweep: str, keep: set[str]) -> list[str]:
-    """Delete the rows and curves of the sweep's RUNNING trials whose id is not in `keep`; their ids.
-
-    After a driver crash Tune restores the trials its last saved state knew. A trial started after that
-    save is not among them: its configuration is run again under a new id, so the old id's running row and
-    partial curve would be a duplicate that never ends. FINAL and failed rows are never touched."""
+def mark_interrupted(root: Root, sweep: str) -> list[str]:
+    """Rows still `running` become `interrupted`: their writer has stopped (Ctrl-C, a crash, a takeover).
+    Call only under the sweep's lease, with no trial of it running. Returns their ids."""
     fs, base, prefix = _fs(root)
     trial_dir = f"{base}/trials/sweep={check_name('sweep', sweep)}"
     files = [f for f in _parquet_files(fs, trial_dir, recursive=False) if not _WRITTEN.match(f.rsplit("/", 1)[-1])]
     if not files:
         return []
-    rows = _scan(files, TRIAL_SCHEMA, prefix).select("trial_id", "status").collect()
-    orphans = sorted(set(rows.filter(pl.col("status") == RUNNING)["trial_id"].to_list()) - set(keep))
-    for trial_id in orphans:
-        curve_dir = _curve_dir(base, sweep, trial_id)
-        if fs.get_file_info(curve_dir).type == pafs.FileType.Directory:
-            fs.delete_dir(curve_dir)
-        _delete(fs, [_trial_path(base, sweep, trial_id)])
-    return orphans
+    running = _scan(files, TRIAL_SCHEMA, prefix).filter(pl.col("status") == RUNNING).collect()
+    for row in running.iter_rows(named=True):
+        write_trial_row(root, {**row, "status": INTERRUPTED, "ended_at": _timestamp(time.time())},
+                        known_not_final=True)
+    return sorted(running["trial_id"].to_list())
+
+
+def raw_trial_ids(root: Root, sweep: str) -> pl.DataFrame:
+    """Every stored trial row's (trial_id, status), not deduplicated: `check` counts rows per job."""
+    fs, base, prefix = _fs(root)
+    files = _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
+    return _scan(files, TRIAL_SCHEMA, prefix).select("trial_id", "status").collect()
+
+
+def raw_curve_duplicates(root: Root, sweep: str) -> pl.DataFrame:
+    """(trial_id, step, copies) of every curve key stored more than once, before deduplication."""
+    fs, base, prefix = _fs(root)
+    files = _parquet_files(fs, f"{base}/curves/sweep={check_name('sweep', sweep)}")
+    return (_scan(files, CURVE_SCHEMA, prefix).group_by("trial_id", "step").agg(pl.len().alias("copies"))
+            .filter(pl.col("copies") > 1).sort("trial_id", "step").collect())
+
+
+def rewrite_sweep_tables(root: Root, sweep: str) -> None:
+    """Rewrite a sweep's tables without duplicate rows (repair): every job's curve compacted, then the
+    finished jobs merged, and the remaining per-job row files rewritten from their deduplicated rows."""
+    fs, base, prefix = _fs(root)
+    curve_dir = f"{base}/curves/sweep={check_name('sweep', sweep)}"
+    selector = pafs.FileSelector(curve_dir, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.Directory:
+            compact_curves(root, sweep, info.base_name)
+    compact_sweep(root, sweep)
+    curve_files = [f for f in _parquet_files(fs, curve_dir, recursive=False)]
+    if len(curve_files) > 1:  # two sweep-level curve files (concurrent compactions): merge them
+        merged = (_scan(curve_files, CURVE_SCHEMA, prefix).unique(subset=list(CURVE_KEY), keep="last",
+                                                                  maintain_order=True).sort("trial_id", "step")
+                  .collect())
+        target = f"{curve_dir}/{time.time_ns():020d}-sweep.parquet"
+        _write_parquet(fs, target, merged)
+        _delete(fs, curve_files)
+    trial_dir = f"{base}/trials/sweep={sweep}"
+    files = _parquet_files(fs, trial_dir, recursive=False)
+    sweep_files = [f for f in files if _WRITTEN.match(f.rsplit("/", 1)[-1])]
+    if len(sweep_files) > 1:
+        merged = (_scan(sweep_files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last",
+                                                                  maintain_order=True).sort("trial_id").collect())
+        target = f"{trial_dir}/{time.time_ns():020d}-sweep.parquet"
+        _write_parquet(fs, target, merged)
+        _delete(fs, sweep_files)
+
+
+def replace_trial_row(root: Root, row: dict[str, Any]) -> None:
+    """Write a job's row even over a final one: only for a row rederived from the job's own stored curve
+    (`check --repair`), where the curve is the truth. The row moves out of any compacted file."""
+    fs, base, prefix = _fs(root)
+    write_trial_row(root, row, known_not_final=True)
+    trial_dir = f"{base}/trials/sweep={check_name('sweep', row['sweep'])}"
+    for path in [f for f in _parquet_files(fs, trial_dir, recursive=False) if _WRITTEN.match(f.rsplit("/", 1)[-1])]:
+        frame = _scan([path], TRIAL_SCHEMA, prefix).collect()
+        if row["trial_id"] in frame["trial_id"].to_list():
+            rest = frame.filter(pl.col("trial_id") != row["trial_id"])
+            if rest.height:
+                _write_parquet(fs, path, rest)  # same name: its place in write order is kept
+            else:
+                _delete(fs, [path])
+
+
+# --- a sweep's own files: spec, metadata, logs, checkpoints ---
+
+def write_sweep_file(root: Root, sweep: str, name: str, data: bytes) -> None:
+    """Write `<root>/sweeps/<sweep>/<name>` whole (atomic rename locally)."""
+    where = ResultsRoot.of(root)
+    path = where.path("sweeps", check_name("sweep", sweep), name)
+    fs = where.fs
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if where.remote:
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    temp = f"{path}.{uuid.uuid4().hex}.tmp"
+    Path(temp).write_bytes(data)
+    os.replace(temp, path)
+
+
+def read_sweep_file(root: Root, sweep: str, name: str) -> bytes | None:
+    where = ResultsRoot.of(root)
+    path = where.path("sweeps", check_name("sweep", sweep), name)
+    fs = where.fs
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def sweep_folders(root: Root) -> list[str]:
+    """Names of the folders under <root>/sweeps."""
+    fs, base, _ = _fs(root)
+    selector = pafs.FileSelector(f"{base}/sweeps", allow_not_found=True)
+    return sorted(info.base_name for info in fs.get_file_info(selector) if info.type == pafs.FileType.Directory)
+
+
+def remove_sweep(root: Root, sweep: str, keep_lease: bool = True) -> None:
+    """Delete a sweep's tables and its own files (the results root itself stays). The caller holds the
+    lease: its lease files stay until it releases them (`keep_lease`)."""
+    fs, base, _ = _fs(root)
+    check_name("sweep", sweep)
+    for path in (f"{base}/trials/sweep={sweep}", f"{base}/curves/sweep={sweep}"):
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+    own = f"{base}/sweeps/{sweep}"
+    for info in fs.get_file_info(pafs.FileSelector(own, allow_not_found=True)):
+        if keep_lease and info.base_name.startswith("lease."):
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+
+
+LOG_DIR, CHECKPOINT_DIR = "logs", "checkpoints"
+
+
+class JobLog:
+    """A job's log `<root>/sweeps/<sweep>/logs/<trial_id>.log`: appended as it grows on a local root;
+    on a remote root kept in memory and uploaded whole at each flush."""
+
+    def __init__(self, root: Root, sweep: str, trial_id: str):
+        self.where = ResultsRoot.of(root)
+        log_name = f"{check_name('trial id', trial_id)}.log"
+        self.path = self.where.path("sweeps", check_name("sweep", sweep), LOG_DIR, log_name)
+        self._lines: list[str] = []
+        self._file = None
+        if not self.where.remote:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        else:
+            old = read_sweep_file(root, sweep, f"{LOG_DIR}/{trial_id}.log")
+            self._lines.append(old.decode() if old else "")
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text)
+        else:
+            self._lines.append(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            return
+        fs = self.where.fs
+        fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(self.path) as out:
+            out.write("".join(self._lines).encode())
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def write_job_error(root: Root, sweep: str, trial_id: str, text: str) -> None:
+    write_sweep_file(root, sweep, f"{LOG_DIR}/{check_name('trial id', trial_id)}.error.txt",
+                     (strip_ansi(text) or "").encode())
+
+
+def read_job_log(root: Root, sweep: str, trial_id: str) -> tuple[str | None, str | None]:
+    """(traceback if the job failed, its log), None where absent."""
+    check_name("trial id", trial_id)
+    error = read_sweep_file(root, sweep, f"{LOG_DIR}/{trial_id}.error.txt")
+    log = read_sweep_file(root, sweep, f"{LOG_DIR}/{trial_id}.log")
+    return (None if error is None else error.decode()), (None if log is None else log.decode())
+
+
+def logged_jobs(root: Root, sweep: str) -> list[str]:
+    fs, base, _ = _fs(root)
+    selector = pafs.FileSelector(f"{base}/sweeps/{check_name('sweep', sweep)}/{LOG_DIR}", allow_not_found=True)
+    return sorted(i.base_name.removesuffix(".log") for i in fs.get_file_info(selector) if i.base_name.endswith(".log"))
+
+
+def checkpoint_path(root: Root, sweep: str, trial_id: str) -> str:
+    """A job's checkpoint folder `<root>/sweeps/<sweep>/checkpoints/<trial_id>` (a path in the root's fs)."""
+    return ResultsRoot.of(root).path("sweeps", check_name("sweep", sweep), CHECKPOINT_DIR,
+                                     check_name("trial id", trial_id))
+
+
+def checkpointed_jobs(root: Root, sweep: str) -> set[str]:
+    """Ids of the jobs with a complete checkpoint (a `step-*` folder holding its `step` file)."""
+    fs, base, _ = _fs(root)
+    selector = pafs.FileSelector(f"{base}/sweeps/{check_name('sweep', sweep)}/{CHECKPOINT_DIR}",
+                                 recursive=True, allow_not_found=True)
+    done = set()
+    for info in fs.get_file_info(selector):
+        parts = info.path.rsplit("/", 3)
+        if info.type == pafs.FileType.File and info.base_name == "step" and parts[-2].startswith("step-"):
+            done.add(parts[-3])
+    return done
+
+
+def upload_checkpoint(root: Root, sweep: str, trial_id: str, local_dir: str) -> None:
+    """Copy a job's local checkpoint folder to a remote root (each object appears whole)."""
+    where = ResultsRoot.of(root)
+    target = checkpoint_path(where, sweep, trial_id)
+    fs = where.fs
+    if fs.get_file_info(target).type == pafs.FileType.Directory:
+        fs.delete_dir(target)
+    fs.create_dir(target, recursive=True)
+    pafs.copy_files(local_dir, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_checkpoint(root: Root, sweep: str, trial_id: str, local_dir: str) -> bool:
+    """Copy a job's remote checkpoint folder into `local_dir`; False when it has none."""
+    where = ResultsRoot.of(root)
+    source = checkpoint_path(where, sweep, trial_id)
+    fs = where.fs
+    if fs.get_file_info(source).type != pafs.FileType.Directory:
+        return False
+    pafs.copy_files(source, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return True
+
+
+def delete_checkpoint(root: Root, sweep: str, trial_id: str) -> None:
+    where = ResultsRoot.of(root)
+    path = checkpoint_path(where, sweep, trial_id)
+    fs = where.fs
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
 
 
 # --- curves ---
@@ -313,7 +538,7 @@ def _curve_frame(sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> pl.Da
     return pl.DataFrame(records, schema=CURVE_SCHEMA)
 
 
-def write_curve_rows(root: str | Path, sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
+def write_curve_rows(root: Root, sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
     """Append evaluation rows (each: step + metrics); idempotent on (trial_id, step).
 
     Each call adds one small file named by its write time; readers and `compact_curves` keep the most
@@ -322,7 +547,7 @@ def write_curve_rows(root: str | Path, sweep: str, trial_id: str, rows: list[dic
         write_curve_frame(root, sweep, trial_id, _curve_frame(sweep, trial_id, rows))
 
 
-def write_curve_frame(root: str | Path, sweep: str, trial_id: str, frame: pl.DataFrame) -> None:
+def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame) -> None:
     """`write_curve_rows` for a polars frame with a `step` column and any of METRICS (e.g. a whole
     TrialResult.history at once); other columns are ignored, missing metrics are null."""
     if frame.is_empty():
@@ -335,7 +560,7 @@ def write_curve_frame(root: str | Path, sweep: str, trial_id: str, frame: pl.Dat
     _write_parquet(fs, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
 
 
-def compact_curves(root: str | Path, sweep: str, trial_id: str) -> None:
+def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
     """Merge a trial's per-report curve files into one, deduplicated on step (latest write wins).
 
     The merged file sorts after every part it replaces and before any part written later; the parts are
@@ -354,7 +579,7 @@ def compact_curves(root: str | Path, sweep: str, trial_id: str) -> None:
             fs.delete_file(path)
 
 
-def compact_sweep(root: str | Path, sweep: str) -> None:
+def compact_sweep(root: Root, sweep: str) -> None:
     """When a sweep ends: merge its FINAL trials' rows into one trial file and their curves into one curve
     file, so reading a 10,000-trial sweep opens two files, not 20,000. Trials still running or failed keep
     their own files. Safe to repeat and to run beside readers (they deduplicate while both copies exist)."""
@@ -422,7 +647,7 @@ def _scan(files: list[str], schema: dict[str, pl.DataType], prefix: str | None) 
                            cast_options=_WIDEN, hive_partitioning=False, glob=False)
 
 
-def _table_files(root: str | Path | None, table: str, names: list[str] | None) -> tuple[list[str], str | None]:
+def _table_files(root: Root, table: str, names: list[str] | None) -> tuple[list[str], str | None]:
     fs, base, prefix = _fs(root)
     if names is None:
         return _parquet_files(fs, f"{base}/{table}"), prefix
@@ -435,14 +660,14 @@ def _table_files(root: str | Path | None, table: str, names: list[str] | None) -
     return [f for name in names for f in _parquet_files(fs, f"{base}/{table}/sweep={name}")], prefix
 
 
-def trials(root: str | Path | None = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
+def trials(root: Root = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
     """All trial rows (deduplicated on sweep, trial_id), with the documented dtypes. A lazy scan over the
     files present now: collect it soon (a later compaction may remove curve files it lists)."""
     files, prefix = _table_files(root, "trials", sweeps)
     return _scan(files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last", maintain_order=True)
 
 
-def curves(root: str | Path | None = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
+def curves(root: Root = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
     """All curve rows (deduplicated on sweep, trial_id, step; latest write wins), with the documented
     dtypes. Files are scanned in write order, so `keep="last"` keeps the newest value of a step."""
     files, prefix = _table_files(root, "curves", sweeps)
@@ -507,7 +732,7 @@ def _looks_missing(error: Exception) -> bool:
     return isinstance(error, FileNotFoundError) or "no such file" in text or "not found" in text
 
 
-def query(sql: str, root: str | Path | None = None) -> pl.DataFrame:
+def query(sql: str, root: Root = None) -> pl.DataFrame:
     """Polars SQL over the tables `trials` and `curves`; UserError on bad SQL or unknown columns."""
 
     def build() -> pl.DataFrame:

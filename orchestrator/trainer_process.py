@@ -64,7 +64,10 @@ class Finished:
     steps_run: int
     censored: bool
     events: dict[str, int | None]
-    wall_s: float
+    wall_s: float  # the job's own training time, over every process that trained it
+    history: list[dict[str, Any]]  # the whole curve: step + METRICS per evaluation
+    pruned: bool  # the grokking policy ended it (not memorised in time)
+    device: str
 
 
 @dataclass(frozen=True)
@@ -201,4 +204,5 @@ def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
 
     result = run(from_dict(job.config), report, checkpoint_dir=job.checkpoint_dir,
                  checkpoint_every=job.checkpoint_every, checkpoint_every_s=job.checkpoint_every_s)
-    return Finished(result.steps_run, result.censored, dict(result.events), result.wall_s)
+    return Finished(result.steps_run, result.censored, dict(result.events), result.wall_s, result.history,
+                    result.stopped_by_report, result.device)

@@ -41,7 +41,7 @@ class TrialResult:
     events: dict[str, int | None]  # trainers.metrics.EVENTS; generalisation events None when censored
     censored: bool
     steps_run: int
-    wall_s: float  # training time, this process's share only when resumed
+    wall_s: float  # the job's training time, summed over every process that trained it (kept in checkpoints)
     final_metrics: dict[str, float]  # the last evaluation's METRICS
     device: str  # the device actually used, e.g. "cpu" or "cuda:0"
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per evaluation: step + METRICS
@@ -109,7 +109,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     val = (inputs[data.val_idx], data.labels[data.val_idx])
     modular = config.op in MODULAR
 
-    step, history = 0, []
+    step, history, wall_before = 0, [], 0.0
     saved = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
         state = checkpoint.load(saved)
@@ -120,7 +120,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         if grad_filter is not None:
             grad_filter.load_state_dict(state["grad_filter"])
         torch.set_rng_state(state["rng_cpu"])
-        step, history = state["step"], state["history"]
+        step, history, wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
     tracker = EventTracker.replay(history)
 
     def finished() -> bool:
@@ -129,7 +129,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     def save() -> Path:
         state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state(),
                      grad_filter=grad_filter.state_dict() if grad_filter else None, step=step, history=history,
-                     config=config.to_dict())
+                     config=config.to_dict(), wall_s=wall_before + time.perf_counter() - started)
         return checkpoint.save(checkpoint_dir, state, config.to_dict())
 
     stopped_by_report = False
@@ -174,7 +174,8 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
 
     final_metrics = {name: value for name, value in history[-1].items() if name != "step"}
     return TrialResult(config=config, events=dict(tracker.events), censored=tracker.censored, steps_run=step,
-                       wall_s=time.perf_counter() - started, final_metrics=final_metrics, device=str(device),
+                       wall_s=wall_before + time.perf_counter() - started, final_metrics=final_metrics,
+                       device=str(device),
                        history=history, stopped_by_report=stopped_by_report)
 
 

@@ -1,0 +1,125 @@
+"""Jobs: the unit of everything users see. One job = one (configuration, seed) training = one row in
+`trials` = one curve. A Tune trial carries a *pack* of jobs. Ray-free, torch-free.
+
+A job's id is deterministic -- the same after any resume -- and is stored in the `trial_id` column:
+
+    c<configuration>-s<seed>-<hash>        e.g.  c0007-s2-4be1a0
+
+`<configuration>` is the grid/random point's index (zero-padded to at least 4 digits) or, for Optuna, the
+Optuna trial number that proposed it; `<hash>` is 6 hex digits of sha1 over the sweep name, that number,
+the configuration's searched values and the seed, so ids of different sweeps or specs never collide.
+
+Packing (spec key `pack`, jobs per Tune trial): a Tune trial costs the driver ~25 ms however long it
+trains, so small jobs are packed. Default for grid/random: enough packs that every concurrent slot gets
+8 of them (load balance), but no pack longer than 100,000 training steps --
+`pack = max(1, min(ceil(jobs / (8 * max_concurrent)), 100_000 // max_steps))`. A sweep of 12 jobs at
+2 at a time gets packs of 1; 2,000 `tiny` jobs (60 steps) get 125. Optuna packs are always one proposed
+configuration x all its seeds: the mean over seeds is what Optuna is told, so seeds are never split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainers.config import TrainConfig
+from trainers.metrics import CENSORED, EVENTS, METRICS, EventTracker
+
+MAX_PACK_STEPS = 100_000
+PACKS_PER_SLOT = 8
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    configuration: int  # point index (grid/random) or Optuna trial number
+    values: dict[str, Any]  # the configuration's spec parameters (searched and constant)
+    seed: int
+    optuna_trial: int | None = None
+
+
+def job_id(sweep: str, configuration: int, values: dict[str, Any], seed: int, width: int = 4) -> str:
+    digest = hashlib.sha1(json.dumps([sweep, configuration, values, seed], sort_keys=True, default=str)
+                          .encode()).hexdigest()[:6]
+    return f"c{configuration:0{width}d}-s{seed}-{digest}"
+
+
+def make_job(spec: Any, configuration: int, values: dict[str, Any], seed: int,
+             optuna_trial: int | None = None) -> Job:
+    return Job(job_id(spec.name, configuration, values, seed), configuration, dict(values), seed, optuna_trial)
+
+
+def expected_jobs(spec: Any) -> list[Job]:
+    """Grid/random: every (point, seed), in run order. Optuna sweeps learn theirs from the journal."""
+    from orchestrator.spec import points
+
+    if spec.method == "optuna":
+        raise ValueError("an Optuna sweep's jobs come from its journal (orchestrator.optuna_search)")
+    return [make_job(spec, index, point, seed) for index, point in enumerate(points(spec)) for seed in spec.seeds]
+
+
+def optuna_jobs(spec: Any, number: int, params: dict[str, Any]) -> list[Job]:
+    """The jobs of Optuna trial `number`: its proposed values (plus the constants) once per seed."""
+    from orchestrator.spec import points
+
+    values = {**points(spec)[0], **params}
+    return [make_job(spec, number, values, seed, optuna_trial=number) for seed in spec.seeds]
+
+
+def train_config(spec: Any, job: Job) -> TrainConfig:
+    """The job's TrainConfig. `threads` left null becomes the trial's whole-CPU count (Ray sets
+    OMP_NUM_THREADS=1 in its workers, which would leave a multi-CPU trial on one thread)."""
+    config = spec.trial_config(job.values, job.seed)
+    if config.threads is None:
+        config = dataclasses.replace(config, threads=max(1, int(spec.cpu)))
+    return config
+
+
+def pack_size(spec: Any, n_jobs: int) -> int:
+    """Jobs per Tune trial (see the module docstring)."""
+    if spec.method == "optuna":
+        return len(spec.seeds)
+    if spec.pack is not None:
+        return spec.pack
+    from orchestrator.spec import points
+
+    max_steps = max(spec.trial_config(p, spec.seeds[0]).max_steps for p in points(spec)[:1000])
+    balanced = math.ceil(n_jobs / (PACKS_PER_SLOT * spec.max_concurrent))
+    return max(1, min(balanced, MAX_PACK_STEPS // max(1, max_steps)))
+
+
+def make_packs(jobs: list[Job], size: int) -> list[list[Job]]:
+    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+
+# --- what a job's curve says: the row is always derived from it ---
+
+def outcome_from_curve(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row fields that a job's curve determines: steps_run, every event, censored and the final
+    metrics, recomputed with the documented thresholds (trainers.metrics). Writing rows and `check`
+    both use this, so a row never contradicts its curve."""
+    tracker = EventTracker.replay(sorted(history, key=lambda r: r["step"]))
+    last = max(history, key=lambda r: r["step"]) if history else {}
+    return {"steps_run": int(last["step"]) if history else None, **tracker.events,
+            CENSORED: tracker.censored if history else None,
+            **{name: last.get(name) for name in METRICS}}
+
+
+def row_fields(outcome: dict[str, Any]) -> dict[str, Any]:
+    """`outcome_from_curve` shaped as `store.trial_row` keyword arguments."""
+    return {"steps_run": outcome["steps_run"], "events": {name: outcome[name] for name in EVENTS},
+            "censored": outcome[CENSORED], "final_metrics": {name: outcome[name] for name in METRICS}}
+
+
+def objective_of_row(spec: Any, row: dict[str, Any]) -> list[float]:
+    """Each search metric's value for a finished job's row: an event's step or the penalty
+    (2 x max_steps) when it did not happen; a metric's final value."""
+    from orchestrator.spec import objective_value
+
+    events = {name: row.get(name) for name in EVENTS}
+    metrics = {name: row.get(name) for name in METRICS}
+    return [objective_value(m, events, metrics, int(row["max_steps"])) for m in spec.metrics]

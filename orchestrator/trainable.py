@@ -1,0 +1,214 @@
+"""The Tune trainable: one Tune trial trains a pack of jobs, one after another, in its actor's trainer
+process (`trainer_process`), and writes each job's rows, curve, log and checkpoint to the store itself.
+
+Per job (see `orchestrator.reconcile` for the invariants this keeps):
+- a job whose row is already final is skipped (a retried pack, or a resume, never trains it twice);
+- a `running` row when it starts; its checkpoint in `<root>/sweeps/<name>/checkpoints/<job id>/`, from
+  which it resumes wherever it runs next; curve rows stored at each checkpoint (never past it), and the
+  whole curve when it ends, then its final row derived from that curve (`jobs.outcome_from_curve`);
+- a job that raises is retried from its checkpoint up to `max_failures` times, then its row is `failed`
+  with the traceback, and the pack goes on with its next job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import store, trainer_process
+from orchestrator.jobs import Job, objective_of_row, optuna_jobs, outcome_from_curve, row_fields, train_config
+from orchestrator.reports import PackReport
+from orchestrator.spec import SweepSpec
+from orchestrator.trainer_process import Batch, Finished, Started, TrainerFailed
+from orchestrator.trainer_process import Job as TrainerJob
+
+
+def pack_jobs(config: dict[str, Any], spec: SweepSpec, packs: list[list[Job]]) -> list[Job]:
+    """A Tune trial's jobs: grid/random trials carry a pack index, Optuna trials their proposal."""
+    if "pack" in config:
+        return packs[int(config["pack"])]
+    params = {k: v for k, v in config.items() if k in spec.parameters}
+    return optuna_jobs(spec, int(config["optuna_trial"]), params)
+
+
+def train_pack(config: dict[str, Any], spec: SweepSpec, root: str, packs: list[list[Job]]) -> None:
+    import ray
+    from ray import tune
+
+    if not ray.get_gpu_ids():  # Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for gpu: 0 trials
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    jobs = pack_jobs(config, spec, packs)
+    pack = _Pack(spec, root, len(jobs), tune.report)
+    rows = [pack.run(job) for job in jobs]
+    pack.finish(rows)
+
+
+class _Pack:
+    """One pack's progress, reported to Tune at most every `report_every_s` (and once at the end)."""
+
+    def __init__(self, spec: SweepSpec, root: str, size: int, report: Any):
+        self.spec, self.root, self.size, self.report_to_tune = spec, root, size, report
+        self.ended: dict[str, int] = {}
+        self.jobs_ended = 0
+        self.best: tuple[float, str] | None = None
+        self.last_report = 0.0
+        self.last_job, self.last_step, self.last_acc = "", 0, (None, None)
+
+    def _report(self, force: bool = False, **final: Any) -> None:
+        if not force and time.monotonic() - self.last_report < self.spec.report_every_s:
+            return
+        self.report_to_tune(PackReport(self.last_job, self.last_step, *self.last_acc, self.jobs_ended, self.size,
+                                       dict(self.ended), self.best, **final).to_tune())
+        self.last_report = time.monotonic()
+
+    def run(self, job: Job) -> dict[str, Any]:
+        stored = store.read_trial_row(self.root, self.spec.name, job.job_id)
+        if stored is not None and stored["status"] in store.FINAL:
+            row = stored
+        else:
+            row = _run_job(self, job)
+        self._ended(job, row)
+        return row
+
+    def progress(self, job: Job, step: int, metrics: dict[str, float]) -> None:
+        self.last_job, self.last_step = job.job_id, step
+        self.last_acc = (metrics.get("train_acc"), metrics.get("val_acc"))
+        self._report()
+
+    def _ended(self, job: Job, row: dict[str, Any]) -> None:
+        self.jobs_ended += 1
+        outcome = ("failed" if row["status"] == store.FAILED else "pruned" if row["status"] == store.STOPPED
+                   else "censored" if row["censored"] else "grokked")
+        self.ended[outcome] = self.ended.get(outcome, 0) + 1
+        if outcome == "grokked":
+            value = objective_of_row(self.spec, row)[0]
+            sign = 1 if self.spec.metrics[0].goal == "minimize" else -1
+            if self.best is None or sign * value < sign * self.best[0]:
+                self.best = (value, job.job_id)
+        self.last_job, self.last_step = job.job_id, row["steps_run"] or 0
+        self.last_acc = (row["train_acc"], row["val_acc"])
+        self._report()
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        """The last report: for Optuna, the mean of each objective over the pack's jobs (its seeds);
+        a pack with a failed job reports no objectives (the proposal is marked failed)."""
+        failed = sum(row["status"] == store.FAILED for row in rows)
+        scores = [objective_of_row(self.spec, row) for row in rows if row["status"] != store.FAILED]
+        means = None if failed or not scores else [sum(c) / len(c) for c in zip(*scores, strict=True)]
+        self._report(force=True, pack_done=True, objectives=means, failed_jobs=failed)
+
+
+def _has_local_checkpoint(directory: str) -> int | None:
+    """The step of the newest complete checkpoint in a job's folder, without importing torch here."""
+    steps = [int(p.read_text()) for p in Path(directory).glob("step-*/step") if (p.parent / "state.pt").exists()]
+    return max(steps, default=None)
+
+
+def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
+    spec, root = pack.spec, pack.root
+    where = store.ResultsRoot.of(root)
+    config = train_config(spec, job)
+    started = time.time()
+    common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False}
+    store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING, started_at=started,
+                                                **common), known_not_final=True)
+    if where.remote:  # the trainer writes locally; each checkpoint is uploaded before it goes on
+        checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
+        store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
+    else:
+        checkpoint_dir = store.checkpoint_path(root, spec.name, job.job_id)
+    log = store.JobLog(root, spec.name, job.job_id)
+    trainer = trainer_process.shared()
+    pending: list[dict[str, Any]] = []
+    attempt, finished_ok = 0, False
+    try:
+        while True:
+            resumed_from = _has_local_checkpoint(checkpoint_dir)
+            try:
+                trainer_job = TrainerJob(config=config.to_dict(), checkpoint_dir=checkpoint_dir,
+                                         checkpoint_every=spec.checkpoint_every,
+                                         checkpoint_every_s=spec.checkpoint_every_s,
+                                         report_every_s=spec.report_every_s,
+                                         prune_not_memorized_by=spec.prune_not_memorized_by)
+                for message in trainer.run(trainer_job):
+                    if isinstance(message, Started):
+                        how = "started" if resumed_from is None else f"resumed from step {resumed_from}"
+                        log.write(f"# job {job.job_id} on {message.device}, {how} {time.ctime()} "
+                                  f"(attempt {attempt + 1}, trainer pid {trainer.process.pid})\n"
+                                  f"# config {json.dumps(trainer_job.config)}\n")
+                    elif isinstance(message, Batch):
+                        _log_batch(log, message)
+                        pending.extend(message.rows)
+                        if message.checkpoint is not None:
+                            if where.remote:
+                                store.upload_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
+                            store.write_curve_rows(root, spec.name, job.job_id, pending)  # durable up to here
+                            pending.clear()
+                            trainer.release()
+                        pack.progress(job, message.step, message.metrics)
+                    elif isinstance(message, Finished):
+                        row = _finish(pack, job, config, message, started, common, checkpoint_dir, log)
+                finished_ok = True
+                return row
+            except TrainerFailed as error:
+                trainer_process.discard_shared()
+                trainer = trainer_process.shared()
+                pending.clear()
+                attempt += 1
+                log.write(f"# attempt {attempt} failed:\n{store.strip_ansi(str(error))}\n")
+                if attempt > spec.max_failures:
+                    finished_ok = True
+                    return _failed(pack, job, config, str(error), started, common, log)
+    finally:
+        if not finished_ok:  # stopped by Tune mid-job: the trainer's state is unknown
+            trainer_process.discard_shared()
+        log.close()
+        if where.remote:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: float, common: dict[str, Any],
+            checkpoint_dir: str, log: store.JobLog) -> dict[str, Any]:
+    spec, root = pack.spec, pack.root
+    store.write_curve_rows(root, spec.name, job.job_id, finished.history)  # the whole curve, then one file
+    store.compact_curves(root, spec.name, job.job_id)
+    fields = row_fields(outcome_from_curve(finished.history))
+    row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
+                          wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),
+                          **fields, **common)
+    stored = store.read_trial_row(root, spec.name, job.job_id)
+    if stored is None or stored["status"] not in store.FINAL:  # a final row is never replaced
+        store.write_trial_row(root, row, known_not_final=True)
+    else:
+        row = stored
+    keep = spec.keep_checkpoints == "all" or (spec.keep_checkpoints == "censored" and row["censored"])
+    if not keep:
+        store.delete_checkpoint(root, spec.name, job.job_id)
+    log.write(f"# done: steps {finished.steps_run} censored {finished.censored} events {finished.events}; "
+              f"training {finished.wall_s:.3f} s{'; PRUNED: not memorised' if finished.pruned else ''}\n")
+    return row
+
+
+def _failed(pack: _Pack, job: Job, config: Any, error: str, started: float, common: dict[str, Any],
+            log: store.JobLog) -> dict[str, Any]:
+    spec, root = pack.spec, pack.root
+    store.write_job_error(root, spec.name, job.job_id, error)
+    row = store.trial_row(spec.name, job.job_id, config, store.FAILED, started_at=started, ended_at=time.time(),
+                          error=error[-4000:], **common)
+    store.write_trial_row(root, row, known_not_final=True)
+    log.write(f"# failed after {spec.max_failures + 1} attempt(s)\n")
+    return row
+
+
+def _log_batch(log: store.JobLog, batch: Batch) -> None:
+    for row in batch.rows:
+        log.write(f"step {row['step']} train_acc {row['train_acc']:.4f} val_acc {row['val_acc']:.4f}"
+                  f" train_loss {row['train_loss']:.4g} val_loss {row['val_loss']:.4g}\n")
+    if batch.pruned:
+        log.write(f"step {batch.step} PRUNED: not memorised\n")
+    log.flush()
