@@ -319,7 +319,7 @@ def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table
                               default=str))
         return
     typer.echo(f"sweep {name}: {table.height}/{spec.n_jobs} jobs recorded; "
-               + ("no process is writing it" if holder is None else lease.describe(holder)))
+               + ("no process is writing it" if holder is None else f"being written by {lease.describe(holder)}"))
     if table.height:
         typer.echo(_frame_text(trials))
         typer.echo(_frame_text(overview.summary(spec, table)))

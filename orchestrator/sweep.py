@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +102,8 @@ def refuse_existing(root: str, name: str, overwrite: bool) -> bool:
     (a new run would destroy it); True if it exists and is to be replaced."""
     holder = None if ResultsRoot.of(root).remote else lease.live_holder(lease_dir(root, name))
     if holder is not None:
-        raise lease.LeaseHeld(f"sweep {name!r} {lease.describe(holder)}; wait for it to end, or stop that process")
+        raise lease.LeaseHeld(f"sweep {name!r} is being written by {lease.describe(holder)}; wait for it to end, "
+                              "or stop that process", holder)
     if not (sweep_exists(root, name) or name in store.sweeps(root)):
         return False
     if not overwrite:
@@ -198,6 +203,7 @@ def _tune_env() -> None:
     the result store keeps every evaluation, and each logger write costs the driver time per report."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: _ctrl_c_stops
 
 
 def _run_name(root: str, name: str) -> str:
@@ -240,18 +246,57 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool) -> bo
     if progress:
         callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run))
     storage_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, spec.name))
+    stopper = _interrupt_stopper()
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler(), num_samples=n_trials,
                                     max_concurrent_trials=None if optuna else spec.max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"{TUNE_DIR}/{_run_name(root, spec.name)}", storage_path=storage_path,
-                                  storage_filesystem=storage_filesystem, verbose=0, callbacks=callbacks,
+                                  storage_filesystem=storage_filesystem, verbose=0, callbacks=callbacks, stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    grid = tuner.fit()
-    statuses = [trial.status for trial in grid._experiment_analysis.trials]
-    return any(status not in ("TERMINATED", "ERROR") for status in statuses)
+    with _ctrl_c_stops(stopper):
+        tuner.fit()
+    return stopper.interrupted
+
+
+def _interrupt_stopper():
+    """A Tune Stopper that ends the whole experiment once Ctrl-C has been pressed (see _ctrl_c_stops)."""
+    from ray.tune import Stopper
+
+    class InterruptStopper(Stopper):
+        def __init__(self) -> None:
+            self.interrupted = False  # a plain flag: Tune pickles its stopper into tuner.pkl
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.interrupted
+
+    return InterruptStopper()
+
+
+@contextmanager
+def _ctrl_c_stops(stopper) -> Iterator[None]:
+    """The first Ctrl-C stops the Tune experiment gracefully (its trials end, Tuner.fit returns, the
+    driver marks what it stopped `interrupted`); a second one raises KeyboardInterrupt at once. Tune's own
+    SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER), so groksweep knows that it was interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def first(sig: int, frame: Any) -> None:
+        stopper.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_sweep_files(spec: SweepSpec, root: str, spec_text: str) -> None:

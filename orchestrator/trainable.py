@@ -67,6 +67,8 @@ class _Pack:
         self.last_report = time.monotonic()
 
     def run(self, job: Job) -> dict[str, Any]:
+        if _stop_requested():
+            raise SystemExit(0)
         stored = store.read_trial_row(self.root, self.spec.name, job.job_id)
         if stored is not None and stored["status"] in store.FINAL:
             row = stored
@@ -101,6 +103,18 @@ class _Pack:
         scores = [objective_of_row(self.spec, row) for row in rows if row["status"] != store.FAILED]
         means = None if failed or not scores else [sum(c) / len(c) for c in zip(*scores, strict=True)]
         self._report(force=True, pack_done=True, objectives=means, failed_jobs=failed)
+
+
+def _stop_requested() -> bool:
+    """Tune has asked this trial to stop (Ctrl-C, a scheduler): Tune itself only notices at the trial's next
+    `tune.report`, which may be a whole job away in a pack. Ray 2.60 keeps the flag on the trial's session."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return session is not None and session.stop_event.is_set()
+    except (ImportError, AttributeError):
+        return False
 
 
 def _has_local_checkpoint(directory: str) -> int | None:
@@ -142,6 +156,8 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
                                   f"(attempt {attempt + 1}, trainer pid {trainer.process.pid})\n"
                                   f"# config {json.dumps(trainer_job.config)}\n")
                     elif isinstance(message, Batch):
+                        if _stop_requested():
+                            raise SystemExit(0)  # as Tune would at the next report; `finally` ends the trainer
                         _log_batch(log, message)
                         pending.extend(message.rows)
                         if message.checkpoint is not None:
