@@ -160,12 +160,23 @@ def alive(proc: Proc) -> bool:
     return stat is not None and stat[1] == proc[1] and stat[2] not in ("Z", "X")
 
 
-def reap(seen: set[Proc], grace_s: float = GRACE_S) -> int:
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def reap(seen: set[Proc], lingering: dict[str, float], grace_s: float = GRACE_S) -> int:
     """Wait until every process in `seen` (and any child they start meanwhile) is gone; SIGKILL the ones
-    left after `grace_s`, by PID. Returns how many had to be killed."""
-    deadline = time.monotonic() + grace_s
+    left after `grace_s`, by PID. Returns how many had to be killed; `lingering` gets, per process name
+    (for the report only), how long the slowest one outlived the driver."""
+    started = time.monotonic()
+    deadline = started + grace_s
     while True:
         live = {p for p in seen if alive(p)}
+        for pid, _ in live:
+            lingering[comm(pid)] = round(time.monotonic() - started, 1)
         if not live:
             return 0
         seen |= descendants({pid for pid, _ in live})
@@ -276,6 +287,8 @@ class Command:
     takeover_expected: bool = False  # an unreleased lease was there when it started
     takeover_seen: bool = False  # it printed "took over the lease"
     leftovers: int = 0  # its processes SIGKILLed by PID after the grace period
+    reap_s: float = 0.0  # how long its processes outlived it
+    lingering: dict[str, float] = field(default_factory=dict)  # process name -> seconds it outlived the driver
     log: str = ""
 
     @property
@@ -337,7 +350,9 @@ def run_command(command: Command, root: Path, name: str, owed: int, index: int) 
         command.state = moment_state(root, name, owed, text)
     else:
         command.rc = driver.returncode
-    command.leftovers = reap(seen)
+    reaped = time.monotonic()
+    command.leftovers = reap(seen, command.lingering)
+    command.reap_s = time.monotonic() - reaped
     command.takeover_seen = "took over the lease" in text
     return command
 
@@ -610,6 +625,9 @@ def report(drill: Drill, journal: Path | None) -> None:
     for note in drill.counts.notes[:8]:
         print(f"        {note}", flush=True)
     for command in drill.commands:
+        if command.reap_s > 5:
+            slow = sorted(command.lingering.items(), key=lambda kv: -kv[1])[:4]
+            print(f"        {command.verb}'s processes outlived it by {command.reap_s:.0f}s: {slow}", flush=True)
         if command.takeover_expected != command.takeover_seen:
             print(f"        takeover note {'missing' if command.takeover_expected else 'unexpected'}: "
                   f"{command.describe()} ({command.log})", flush=True)

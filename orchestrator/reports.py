@@ -30,7 +30,9 @@ class PackReport:
     failed_jobs: int = 0
 
     def to_tune(self) -> dict[str, Any]:
-        out: dict[str, Any] = {_KEY: json.dumps(asdict(self))}
+        # step and accuracies also as plain keys: a Tune scheduler or stopper can read them
+        out: dict[str, Any] = {_KEY: json.dumps(asdict(self)), "step": self.step, "train_acc": self.train_acc,
+                               "val_acc": self.val_acc}
         if self.objectives is not None:
             out["objective"] = self.objectives[0]  # for anyone reading Tune's own result files
         return out

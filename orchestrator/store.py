@@ -712,18 +712,21 @@ def _split_by_overlap(files: list[str]) -> tuple[list[str], list[str], set[str],
     return clean, mixed, suspect_trials, suspect_sweeps
 
 
-def collect(build: Any, retries: int = 8) -> pl.DataFrame:
-    """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished
-    mid-read (a curve compaction ran concurrently). A writer that compacts every few milliseconds can
-    make several reads in a row stale, hence up to ~1.8 s of backing off before giving up."""
+def collect(build: Any, retries: int = 1000) -> pl.DataFrame:
+    """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished mid-read
+    (a compaction ran concurrently). Each retry lists anew, so it can only fail again if a writer keeps
+    compacting: it retries for as long as every failure names a different file (a writer is making
+    progress), and raises when the same failure comes twice in a row (a file listed but unreadable)."""
+    previous = None
     for attempt in range(retries + 1):
         try:
             frame = build()
             return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
         except (FileNotFoundError, pl.exceptions.ComputeError) as error:
-            if attempt == retries or not _looks_missing(error):
+            if attempt == retries or not _looks_missing(error) or str(error) == previous:
                 raise
-            time.sleep(0.05 * (attempt + 1))
+            previous = str(error)
+            time.sleep(min(0.01 * (attempt + 1), 0.2))
     raise AssertionError("unreachable")
 
 

@@ -159,11 +159,11 @@ def test_dry_run_prints_the_trials_and_runs_nothing(tmp_path):
     spec.write_text(yaml.safe_dump(spec_dict()))
     result = runner.invoke(app, ["sweep", str(spec), "--dry-run", "--results", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert "would run 6 trials" in result.output
+    assert "would run 6 jobs in 6 Tune trials (packs of 1)" in result.output
     assert result.output.count("0.002") == 6  # one line per trial
     assert not (tmp_path / "r").exists()
     optuna_spec = tmp_path / "opt.yaml"
     optuna_spec.write_text(yaml.safe_dump(spec_dict(method="optuna", num_samples=5, parameters={
         "lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.01}})))
     result = runner.invoke(app, ["sweep", str(optuna_spec), "--dry-run"])
-    assert result.exit_code == 0 and "5 configurations x 2 seeds = 10 trials" in result.output
+    assert result.exit_code == 0 and "5 configurations x 2 seeds = 10 jobs" in result.output

@@ -8,10 +8,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import store
-from orchestrator.callbacks import StoreCallback
+from orchestrator.jobs import expected_jobs, make_packs
 from orchestrator.spec import parse_spec
 from orchestrator.stopping import GrokkingPolicy
-from orchestrator.sweep import _trainable, param_space, run_sweep
+from orchestrator.sweep import run_sweep
+from orchestrator.trainable import train_pack
 
 # The tiny-preset model with its fields pinned here, so a change of the preset cannot move these timings:
 # lr 1e-2 / wd 1 memorises at ~30 steps and generalises at ~1200; lr 3e-3 / wd 1 at ~80 and ~1750.
@@ -31,16 +32,19 @@ def test_asha_on_val_acc_kills_a_trial_that_groks_under_groksweeps_policy(local_
     # The same two trials under ASHA on val_acc, the fast one first (max_concurrent 1): at the first rung
     # the slow one still sits near chance on validation, so ASHA stops it for good.
     spec = parse_spec({**SPEC, "name": "asha"})
+    packs = make_packs(expected_jobs(spec), 1)
     asha = ASHAScheduler(time_attr="step", metric="val_acc", mode="max", grace_period=400, reduction_factor=2,
                          max_t=2500)
-    tuner = tune.Tuner(_trainable(spec, str(tmp_path)), param_space=param_space(spec),
+    trainable = tune.with_parameters(train_pack, spec=spec, root=str(tmp_path), packs=packs)
+    tuner = tune.Tuner(trainable, param_space={"pack": tune.grid_search([0, 1])},
                        tune_config=tune.TuneConfig(scheduler=asha, max_concurrent_trials=1),
-                       run_config=tune.RunConfig(storage_path=str(tmp_path / "asha-tune"), verbose=0,
-                                                 callbacks=[StoreCallback(spec, str(tmp_path))]))
-    tuner.fit()
-    killed = store.collect(lambda: store.trials(tmp_path, ["asha"])).filter(pl.col("lr") == 3e-3).row(0, named=True)
-    assert killed["censored"] and killed["steps_to_generalize"] is None  # recorded as a run that never grokked
-    assert killed["steps_run"] < slow["steps_to_generalize"]  # switched off before its phase transition
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "asha-tune"), verbose=0))
+    results = {r.config["pack"]: r.metrics for r in tuner.fit()}
+    killed = results[[i for i, (job,) in enumerate(packs) if job.values["lr"] == 3e-3][0]]
+    assert killed["val_acc"] < 0.99  # never generalised ...
+    assert killed["step"] < slow["steps_to_generalize"]  # ... because it was switched off before its transition
+    row = store.collect(lambda: store.trials(tmp_path, ["asha"])).filter(pl.col("lr") == 3e-3).row(0, named=True)
+    assert row["status"] == store.RUNNING  # it never ended: a sweep's driver would mark it interrupted
 
 
 def test_policy_prunes_only_trials_that_have_not_memorised():

@@ -79,18 +79,21 @@ def test_final_row_is_never_overwritten(tmp_path):
     assert sorted(files) == ["t0.parquet", "t1.parquet"]  # no temp files left behind
 
 
-def test_drop_unfinished_trials_removes_only_running_trials_not_kept(tmp_path):
-    for trial_id, status in (("kept", store.RUNNING), ("orphan", store.RUNNING), ("done", store.COMPLETED),
+def test_mark_interrupted_turns_only_running_rows_interrupted(tmp_path):
+    for trial_id, status in (("a", store.RUNNING), ("b", store.RUNNING), ("done", store.COMPLETED),
                              ("failed", store.FAILED)):
-        store.write_trial_row(tmp_path, store.trial_row("s", trial_id, {}, status))
-        store.write_curve_rows(tmp_path, "s", trial_id, [{"step": 0, "val_acc": 0.1}, {"step": 10, "val_acc": 0.2}])
+        store.write_trial_row(tmp_path, store.trial_row("s", trial_id, {}, status, started_at=1.0))
     store.compact_sweep(tmp_path, "s")  # "done" now lives in the sweep's compacted files
-    assert store.drop_unfinished_trials(tmp_path, "s", keep={"kept"}) == ["orphan"]
-    assert sorted(store.trials(tmp_path).collect()["trial_id"]) == ["done", "failed", "kept"]
-    assert sorted(store.curves(tmp_path).collect()["trial_id"].unique()) == ["done", "failed", "kept"]
-    assert not (tmp_path / "curves" / "sweep=s" / "orphan").exists()
-    assert store.drop_unfinished_trials(tmp_path, "s", keep=set()) == ["kept"]  # never "done" or "failed"
-    assert store.drop_unfinished_trials(tmp_path, "other", keep=set()) == []
+    assert store.mark_interrupted(tmp_path, "s") == ["a", "b"]
+    rows = store.trials(tmp_path).collect().sort("trial_id")
+    assert rows["status"].to_list() == [store.INTERRUPTED, store.INTERRUPTED, store.COMPLETED, store.FAILED]
+    assert rows["started_at"][0] is not None and rows["ended_at"][0] is not None
+    assert store.mark_interrupted(tmp_path, "s") == [] and store.mark_interrupted(tmp_path, "other") == []
+
+
+def test_rows_never_keep_terminal_colour_codes(tmp_path):
+    row = store.trial_row("s", "t", {}, store.FAILED, error="\x1b[36mray::train\x1b[0m ValueError: boom")
+    assert row["error"] == "ray::train ValueError: boom"
 
 
 def _steps(frame: pl.DataFrame) -> dict[int, float]:
