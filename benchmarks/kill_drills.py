@@ -41,7 +41,8 @@ time, a checkpoint every 5 evaluations):
      is not every eval_every steps from 0 to steps_run;
    - optuna: every trial in sweeps/NAME/optuna.journal is COMPLETE or FAIL (none RUNNING), there are
      num_samples of them, and each COMPLETE value is the mean over its seeds' rows (linked by the
-     `optuna_trial` column) of steps_to_generalize, or 2 x max_steps where that is null.
+     `optuna_trial` column) of steps_to_generalize, or 2 x max_steps where that is null;
+   - lease held: the sweep's lease file still unreleased once the last command has exited 0.
 5. One line per drill (kill moments, what was running at each kill, takeover notes seen/expected, exit
    codes, counts), then a table per method. Exit code 1 if any count is non-zero or any sweep is left
    incomplete. Roots of failing drills are always kept (their paths are printed); passing ones only with
@@ -295,6 +296,11 @@ class Command:
     def verb(self) -> str:
         return self.argv[0]
 
+    @property
+    def must_take_over(self) -> bool:
+        """It found a killed holder's lease and ran to the end: it must have said "took over"."""
+        return self.takeover_expected and not self.killed
+
     def describe(self) -> str:
         if self.killed:
             return f"{self.verb} killed at {self.kill_at:.2f}s ({self.state})"
@@ -338,13 +344,16 @@ def run_command(command: Command, root: Path, name: str, owed: int, index: int) 
                 time.sleep(0.01)
             driver.wait()
             command.seconds = time.monotonic() - started
+        except BaseException:  # this script interrupted (Ctrl-C, SIGTERM): take the driver and its Ray down too
+            seen.update(descendants({driver.pid}))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+            reap(seen, {}, grace_s=5)
+            raise
         finally:
             done.set()
             tracker.join()
-            if driver.poll() is None:  # interrupted (Ctrl-C of this script): take the driver down too
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait()
     text = log_path.read_text(errors="replace")
     if command.killed:
         command.state = moment_state(root, name, owed, text)
@@ -368,12 +377,13 @@ class Counts:
     contradicting: int = 0
     curve_gaps: int = 0
     optuna_mismatches: int = 0
+    lease_held: int = 0  # the sweep's lease still unreleased after the last command ended
     failed_rows: int = 0  # not an error by itself (no job should fail here): reported
     optuna_running: int = 0  # Optuna trials still RUNNING (also counted in optuna_mismatches)
     notes: list[str] = field(default_factory=list)
 
     NAMES = ("missing", "unexpected", "duplicate_rows", "duplicate_steps", "contradicting", "curve_gaps",
-             "optuna_mismatches")
+             "optuna_mismatches", "lease_held")
 
     @property
     def bad(self) -> int:
@@ -382,7 +392,8 @@ class Counts:
     def line(self) -> str:
         return (f"missing {self.missing} unexpected {self.unexpected} dup-rows {self.duplicate_rows} "
                 f"dup-steps {self.duplicate_steps} contradicting {self.contradicting} gaps {self.curve_gaps} "
-                f"optuna {self.optuna_mismatches}" + (f" failed-rows {self.failed_rows}" if self.failed_rows else ""))
+                f"optuna {self.optuna_mismatches}" + (" LEASE STILL HELD" if self.lease_held else "")
+                + (f" failed-rows {self.failed_rows}" if self.failed_rows else ""))
 
 
 def from_curve(curve: pl.DataFrame) -> dict[str, Any]:
@@ -481,6 +492,7 @@ def count(root: Path, spec: dict[str, Any]) -> Counts:
 
     if method == "optuna":
         optuna_counts(root, spec, ended, out)
+    out.lease_held = int(lease_unreleased(root, name))
     return out
 
 
@@ -545,8 +557,7 @@ class Drill:
 
     def line(self) -> str:
         kills = ", ".join(c.describe() for c in self.commands if c.kill_at is not None) or "no kill"
-        notes = [c for c in self.commands if c.takeover_expected or c.takeover_seen]
-        takeover = f"{sum(c.takeover_seen for c in notes)}/{sum(c.takeover_expected for c in notes)}"
+        takeover = f"{sum(c.takeover_seen for c in self.commands)}/{sum(c.must_take_over for c in self.commands)}"
         left = sum(c.leftovers for c in self.commands)
         return (f"{self.method:6} {self.label:>11} | {kills} | recovery "
                 + " -> ".join(f"{c.verb} rc {c.rc}" for c in self.commands if c.kill_at is None)
@@ -603,7 +614,7 @@ def run_drill(method: str, label: str, moments: list[float], root: Path) -> Dril
 
 def summary(drills: list[Drill]) -> str:
     head = ("method", "drills", "complete", "missing", "unexpected", "dup rows", "dup steps", "contradicting",
-            "curve gaps", "optuna mism.", "takeover seen/exp", "pre-sweep kills", "final rc!=0")
+            "curve gaps", "optuna mism.", "lease held", "took over: seen/required", "pre-sweep kills", "final rc!=0")
     lines = [" | ".join(head)]
     for method in METHODS:
         mine = [d for d in drills if d.method == method and d.label != "calibration"]
@@ -613,8 +624,8 @@ def summary(drills: list[Drill]) -> str:
         commands = [c for d in mine for c in d.commands]
         cells = (method, len(mine), sum(d.complete for d in mine), total["missing"], total["unexpected"],
                  total["duplicate_rows"], total["duplicate_steps"], total["contradicting"], total["curve_gaps"],
-                 total["optuna_mismatches"],
-                 f"{sum(c.takeover_seen for c in commands)}/{sum(c.takeover_expected for c in commands)}",
+                 total["optuna_mismatches"], total["lease_held"],
+                 f"{sum(c.takeover_seen for c in commands)}/{sum(c.must_take_over for c in commands)}",
                  sum(d.recovered_by_sweep for d in mine), sum(d.final_rc != 0 for d in mine))
         lines.append(" | ".join(str(c).rjust(len(h)) for c, h in zip(cells, head, strict=True)))
     return "\n".join(lines)
@@ -628,8 +639,8 @@ def report(drill: Drill, journal: Path | None) -> None:
         if command.reap_s > 5:
             slow = sorted(command.lingering.items(), key=lambda kv: -kv[1])[:4]
             print(f"        {command.verb}'s processes outlived it by {command.reap_s:.0f}s: {slow}", flush=True)
-        if command.takeover_expected != command.takeover_seen:
-            print(f"        takeover note {'missing' if command.takeover_expected else 'unexpected'}: "
+        if command.must_take_over != command.takeover_seen and not command.killed:
+            print(f"        takeover note {'missing' if command.must_take_over else 'unexpected'}: "
                   f"{command.describe()} ({command.log})", flush=True)
     if not drill.ok:
         print(f"        kept: {drill.root}", flush=True)
@@ -651,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=str(REPO), help="groksweep source tree the drivers run (default: "
                         "this checkout; e.g. a `git archive HEAD` copy while the checkout is being edited)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_command: drivers go too
     global SOURCE
     SOURCE = Path(args.source).resolve()
 

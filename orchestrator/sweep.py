@@ -131,13 +131,35 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     root = resolve_root(results)
     spec, spec_text = _spec_and_text(spec, name)
     refuse_existing(root, spec.name, overwrite)
-    with lease.acquire(lease_dir(root, spec.name), f"sweep {spec.name}", name=spec.name, notice=notice):
-        replace = refuse_existing_under_lease(root, spec.name, overwrite)
-        with ray_session(address, num_cpus=num_cpus) as session:  # joined first: a refused join writes nothing
-            if replace:
-                store.remove_sweep(root, spec.name)
-            _write_sweep_files(spec, root, spec_text)
-            return _drive(spec, root, session, progress)
+    written = False
+    try:
+        with lease.acquire(lease_dir(root, spec.name), f"sweep {spec.name}", name=spec.name, notice=notice):
+            replace = refuse_existing_under_lease(root, spec.name, overwrite)
+            with ray_session(address, num_cpus=num_cpus) as session:  # joined first: a refused join writes nothing
+                if replace:
+                    store.remove_sweep(root, spec.name)
+                _write_sweep_files(spec, root, spec_text)
+                written = True
+                return _drive(spec, root, session, progress)
+    finally:
+        if not written:
+            _discard_lease_only_dir(root, spec.name)
+
+
+def _discard_lease_only_dir(root: str, name: str) -> None:
+    """A `sweep` that stopped before writing anything (a refused cluster join) leaves no folder behind:
+    only its released lease would be there."""
+    directory = ResultsRoot.of(root).local("sweeps", name)
+    if directory is None or not directory.is_dir():
+        return
+    entries = list(directory.iterdir())
+    if all(e.name.startswith(("lease.", ".lease.")) for e in entries) and lease.live_holder(str(directory)) is None:
+        for entry in entries:
+            entry.unlink(missing_ok=True)
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def refuse_existing_under_lease(root: str, name: str, overwrite: bool) -> bool:

@@ -351,6 +351,8 @@ def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(
     for trial_id, row in after.items():
         assert row["steps_run"] == row["max_steps"]
         assert steps[trial_id] == expected_steps(row["max_steps"], 50), trial_id  # each step once, no gap
+    clean = run_cli(groksweep("check", "crash", "--results", str(root)), env)
+    assert clean.returncode == 0, clean.stdout
 
 
 def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(cluster, tmp_path):
@@ -367,7 +369,8 @@ def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         def node_running_a_checkpointed_trial():
-            if not list((root / "sweeps" / "nodeloss" / "tune").glob("train_trial_*/checkpoint_*")):
+            # the job's own checkpoint, on the shared results root: where it resumes from, on any node
+            if not list((root / "sweeps" / "nodeloss" / "checkpoints").glob("*/step-*/step")):
                 return None
             running = trial_processes(cluster)
             return next(iter(running), None)
@@ -387,12 +390,12 @@ def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(
 
     (row,) = trial_rows(root, "nodeloss")
     assert row["status"] == store.COMPLETED and row["steps_run"] == max_steps
-    # the adapter's log: a second attempt that resumed from a checkpoint, not from step 0
+    # the job's log: a second attempt that resumed from its checkpoint, not from step 0
     log = (root / "sweeps" / "nodeloss" / "logs" / f"{row['trial_id']}.log").read_text()
-    resumed = re.search(r"# trial \S+ on \S+, resumed", log)
+    resumed = re.search(r"# job \S+ on \S+, resumed from step (\d+)", log)
     assert resumed, log[-2000:]
     first_step = int(re.search(r"step (\d+) ", log[resumed.end():]).group(1))
-    assert 0 < first_step < max_steps
+    assert 0 < int(resumed.group(1)) < first_step < max_steps
 
     # its curve: every evaluation once, and the same as an uninterrupted run of the same config
     curve = store.collect(lambda: store.curves(root, ["nodeloss"]).sort("step"))

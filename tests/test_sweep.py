@@ -27,7 +27,7 @@ from drills import (
 
 from orchestrator import lease, store
 from orchestrator.cli import app
-from orchestrator.jobs import expected_jobs, optuna_jobs
+from orchestrator.jobs import expected_jobs, optuna_jobs, train_config
 from orchestrator.optuna_search import journal_storage
 from orchestrator.spec import parse_spec, penalty
 from orchestrator.sweep import JOURNAL_FILE, run_sweep
@@ -122,6 +122,14 @@ def test_random_and_multi_objective_sweeps_end_to_end(local_ray, tmp_path):
     run_sweep(random_spec, results=tmp_path)
     table = assert_sweep_whole(tmp_path, "rand", 3)
     assert table["pack_size"].to_list() == [2, 2, 1]  # spec key `pack`: jobs per Tune trial
+    # a packed job's curve is bit-identical to the same job trained alone
+    from trainers.run import run
+
+    curves = store.collect(lambda: store.curves(tmp_path, ["rand"]).sort("trial_id", "step"))
+    for job in expected_jobs(random_spec):
+        alone = pl.DataFrame(run(train_config(random_spec, job)).history)
+        packed = curves.filter(pl.col("trial_id") == job.job_id).select(alone.columns)
+        assert packed.equals(alone), job.job_id
     multi = parse_spec({"name": "multi", "base": {**TINY, "max_steps": 200}, "method": "optuna", "num_samples": 2,
                         "seeds": [0], "metric": [{"name": "steps_to_memorize", "goal": "minimize"},
                                                  {"name": "val_acc", "goal": "maximize"}],
