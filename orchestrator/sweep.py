@@ -356,5 +356,5 @@ def check_sweep(name: str, results: str | Path | None = None, repair: bool = Fal
     if not repair or report.ok:
         return report, []
     with lease.acquire(lease_dir(root, name), f"check --repair {name}", name=name, notice=notice):
-        done = reconcile.repair(root, spec, reconcile.check(root, spec))
-        return reconcile.check(root, spec), done
+        done = reconcile.repair(root, spec, reconcile.check(root, spec, holding_lease=True))
+    return reconcile.check(root, spec), done  # checked again once no writer holds it
