@@ -24,7 +24,8 @@ time, a checkpoint every 5 evaluations):
    Before each next command, every process of the killed driver must be gone: its descendants are
    collected from /proc (by PID and start time, so a reused PID is never touched) while it runs and at
    the kill; Ray's processes that outlive it are waited for, then SIGKILLed by PID after 30 s. Nothing is
-   ever killed by name.
+   ever killed by name. (--no-wait skips that wait: the next command starts at once, beside whatever
+   the killed driver's Ray workers still do -- what an automatic restart would do.)
 3. The recovery command runs to the end (no kill); `resume` must exit 0. If that was `sweep` (the sweep
    did not exist yet), `resume` is run after it as well and must exit 0 too.
    A killed driver leaves its lease unreleased: the next command must take it over by itself and print
@@ -75,6 +76,7 @@ import polars as pl
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+WAIT = True  # --no-wait: start the next command right after a kill, while the killed driver's Ray still runs
 SOURCE = REPO  # the groksweep tree the drivers run (--source): cwd and first on PYTHONPATH of every process
 LOCK_PATH = "/tmp/groksweep-cpu.lock"
 GRACE_S = 30.0  # how long the processes of a killed driver get to go by themselves
@@ -290,6 +292,7 @@ class Command:
     leftovers: int = 0  # its processes SIGKILLed by PID after the grace period
     reap_s: float = 0.0  # how long its processes outlived it
     lingering: dict[str, float] = field(default_factory=dict)  # process name -> seconds it outlived the driver
+    overlapping: int = 0  # --no-wait: processes of killed drivers still alive when it started
     log: str = ""
 
     @property
@@ -302,6 +305,11 @@ class Command:
         return self.takeover_expected and not self.killed
 
     def describe(self) -> str:
+        if self.overlapping:
+            return f"{self.verb} beside {self.overlapping} live processes of a killed driver: " + self._what()
+        return self._what()
+
+    def _what(self) -> str:
         if self.killed:
             return f"{self.verb} killed at {self.kill_at:.2f}s ({self.state})"
         if self.kill_at is not None:
@@ -309,10 +317,11 @@ class Command:
         return f"{self.verb} rc {self.rc} in {self.seconds:.1f}s"
 
 
-def run_command(command: Command, root: Path, name: str, owed: int, index: int) -> Command:
+def run_command(command: Command, root: Path, name: str, owed: int, index: int, orphans: set[Proc]) -> Command:
     """Run `groksweep <argv>` in its own process group; SIGKILL the group at `kill_at`; wait until every
-    process it started is gone (see reap)."""
+    process it started is gone (see reap) -- or, killed under --no-wait, add them to `orphans` instead."""
     command.takeover_expected = lease_unreleased(root, name)
+    command.overlapping = sum(alive(p) for p in orphans)
     log_path = root / f"{index}-{command.verb}.log"
     command.log = str(log_path)
     env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1", "COLUMNS": "120"}
@@ -359,9 +368,12 @@ def run_command(command: Command, root: Path, name: str, owed: int, index: int) 
         command.state = moment_state(root, name, owed, text)
     else:
         command.rc = driver.returncode
-    reaped = time.monotonic()
-    command.leftovers = reap(seen, command.lingering)
-    command.reap_s = time.monotonic() - reaped
+    if command.killed and not WAIT:
+        orphans |= seen
+    else:
+        reaped = time.monotonic()
+        command.leftovers = reap(seen, command.lingering)
+        command.reap_s = time.monotonic() - reaped
     command.takeover_seen = "took over the lease" in text
     return command
 
@@ -549,6 +561,7 @@ class Drill:
     recovered_by_sweep: bool = False  # a kill landed before the sweep existed: `sweep` was run again
     seconds: float = 0.0
     waited_s: float = 0.0  # for the CPU lock
+    orphans_killed: int = 0  # --no-wait: processes of killed drivers still alive at the end, SIGKILLed by PID
     root: str = ""
 
     @property
@@ -560,8 +573,10 @@ class Drill:
         takeover = f"{sum(c.takeover_seen for c in self.commands)}/{sum(c.must_take_over for c in self.commands)}"
         left = sum(c.leftovers for c in self.commands)
         return (f"{self.method:6} {self.label:>11} | {kills} | recovery "
-                + " -> ".join(f"{c.verb} rc {c.rc}" for c in self.commands if c.kill_at is None)
-                + f" | takeover notes seen/expected {takeover}"
+                + " -> ".join(c.describe() if c.overlapping else f"{c.verb} rc {c.rc}"
+                              for c in self.commands if c.kill_at is None)
+                + f" | took over: seen/required {takeover}"
+                + (f" | {self.orphans_killed} orphans SIGKILLed at the end" if self.orphans_killed else "")
                 + (" | recovered by re-running sweep" if self.recovered_by_sweep else "")
                 + (f" | {left} processes SIGKILLed after {GRACE_S:.0f}s" if left else "")
                 + f" | {'complete' if self.complete else 'INCOMPLETE'}, {self.counts.line()} | {self.seconds:.0f}s"
@@ -588,8 +603,10 @@ def run_drill(method: str, label: str, moments: list[float], root: Path) -> Dril
         drill.waited_s = waited
         started = time.monotonic()
 
+        orphans: set[Proc] = set()
+
         def step(argv: list[str], kill_at: float | None) -> Command:
-            return run_command(Command(argv, kill_at), root, name, owed, len(drill.commands) + 1)
+            return run_command(Command(argv, kill_at), root, name, owed, len(drill.commands) + 1, orphans)
 
         def recovery() -> list[str]:
             if sweep_exists(root, name):
@@ -606,6 +623,7 @@ def run_drill(method: str, label: str, moments: list[float], root: Path) -> Dril
             if last.verb == "sweep":
                 drill.commands.append(step(["resume", name, "--results", str(root)], None))
         drill.final_rc = drill.commands[-1].rc
+        drill.orphans_killed = reap(orphans, {})  # --no-wait: whatever the killed drivers left, before counting
         drill.counts = count(root, spec)
         drill.complete = drill.counts.missing == 0 and drill.final_rc == 0 and drill.counts.optuna_running == 0
         drill.seconds = time.monotonic() - started
@@ -659,12 +677,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep every drill's root (failing ones always stay)")
     parser.add_argument("--durations", default="", help="skip calibration: e.g. grid=18,random=15,optuna=20 (s)")
     parser.add_argument("--replay", help="one drill: METHOD:SWEEP_KILL_S[:RECOVERY_KILL_S]")
+    parser.add_argument("--no-wait", action="store_true", help="start each recovery right after the kill, "
+                        "while the killed driver's Ray workers may still train and write (a harsher drill)")
     parser.add_argument("--source", default=str(REPO), help="groksweep source tree the drivers run (default: "
                         "this checkout; e.g. a `git archive HEAD` copy while the checkout is being edited)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_command: drivers go too
-    global SOURCE
+    global SOURCE, WAIT
     SOURCE = Path(args.source).resolve()
+    WAIT = not args.no_wait
 
     base = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix="kill-drills-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,7 @@ def optuna_spec(name: str) -> dict[str, Any]:
 class SweepRun:
     command_s: float
     driver_hwm_kb: int  # VmHWM of the driver process, last value polled
+    driver_rss: list[tuple[float, int]]  # (epoch seconds, VmRSS kB) of the driver, every poll
     driver_cpu_s: float  # the driver's own user + system CPU seconds, last value polled
     children_maxrss_kb: int  # getrusage(RUSAGE_CHILDREN).ru_maxrss after it exited (Ray's processes included)
     machine_cpu_s: float
@@ -138,7 +139,7 @@ class SweepRun:
     rows: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
-def _poll_driver(pid: int, out: dict[str, float], stop: threading.Event) -> None:
+def _poll_driver(pid: int, out: dict[str, float], rss: list[tuple[float, int]], stop: threading.Event) -> None:
     ticks = os.sysconf("SC_CLK_TCK")
     while not stop.is_set():
         try:
@@ -149,6 +150,9 @@ def _poll_driver(pid: int, out: dict[str, float], stop: threading.Event) -> None
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
         if match:
             out["hwm_kb"] = max(out.get("hwm_kb", 0), int(match.group(1)))
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        if match:
+            rss.append((time.time(), int(match.group(1))))
         out["cpu_s"] = (int(stat[11]) + int(stat[12])) / ticks  # utime, stime (fields 14, 15)
         stop.wait(0.1)
 
@@ -161,13 +165,14 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
     Path(spec_path).write_text(yaml.safe_dump(raw, sort_keys=False))
     command = [sys.executable, "-m", "orchestrator.cli", "sweep", spec_path, "--results", root, "--overwrite"]
     polled: dict[str, float] = {}
+    rss: list[tuple[float, int]] = []
     stop = threading.Event()
     cpu_before = machine_cpu_s()
     with open(log_path, "w") as log:
         started = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
         process = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-        poller = threading.Thread(target=_poll_driver, args=(process.pid, polled, stop), daemon=True)
+        poller = threading.Thread(target=_poll_driver, args=(process.pid, polled, rss, stop), daemon=True)
         poller.start()
         code = process.wait()
         command_s = time.perf_counter() - started
@@ -179,7 +184,7 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
         raise SystemExit(f"groksweep sweep exited {code}; its output ({log_path}) ends:\n{output[-3000:]}")
     fit = re.search(r"jobs ended \(([\d.]+) s in Tune\)", output)
     rows = store.trials(root, [raw["name"]]).collect()
-    return SweepRun(command_s=command_s, driver_hwm_kb=int(polled.get("hwm_kb", 0)),
+    return SweepRun(command_s=command_s, driver_hwm_kb=int(polled.get("hwm_kb", 0)), driver_rss=rss,
                     driver_cpu_s=polled.get("cpu_s", float("nan")),
                     children_maxrss_kb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
                     machine_cpu_s=machine, fit_s=float(fit.group(1)) if fit else None, rows=rows)
@@ -285,6 +290,14 @@ def report(label: str, n_jobs: int, sweep: SweepRun, pool: list[tuple[float, flo
     target = " (target <= 1 GB at 10,000 jobs)" if n_jobs >= 10_000 else ""
     print(f"  driver peak RSS (VmHWM) {sweep.driver_hwm_kb / 1024:.0f} MB{target}; largest child incl. Ray "
           f"(ru_maxrss) {sweep.children_maxrss_kb / 1024:.0f} MB")
+    if sweep.driver_rss:
+        def rss_at(when: float) -> float:
+            return min(sweep.driver_rss, key=lambda sample: abs(sample[0] - when))[1] / 1024
+
+        top_at, top = max(sweep.driver_rss, key=lambda sample: sample[1])
+        print(f"    driver RSS at the first job's start {rss_at(min(starts)):.0f} MB, halfway "
+              f"{rss_at((min(starts) + max(ends)) / 2):.0f} MB, at the last job's end {rss_at(max(ends)):.0f} MB; "
+              f"highest polled {top / 1024:.0f} MB, {top_at - max(ends):+.1f} s from the last job's end")
     print(f"  left in the results root: {n_files} files, {n_bytes / 1e6:.1f} MB")
     for part, (files, nbytes) in sorted(parts.items(), key=lambda kv: -kv[1][1]):
         print(f"    {part:20s} {files:7d} files {nbytes / 1e6:9.2f} MB")

@@ -7,14 +7,33 @@ per trial every `report_every_s`), so the driver's cost per report does not grow
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
-from orchestrator import store
+from orchestrator import lease, store
 from orchestrator.jobs import Job, optuna_jobs, train_config
 from orchestrator.reports import OUTCOMES, PackReport
 from orchestrator.spec import SweepSpec
+
+WATCHED_LEASES: dict[str, lease.Lease] = {}  # stopper key -> the lease it watches (kept out of its pickle)
+
+
+class InterruptStopper(Stopper):
+    """Ends the whole experiment after Ctrl-C (`interrupted`, set by the driver's SIGINT handler) or once the
+    sweep's lease was lost to a takeover. Defined at module level: Tune pickles its stopper by reference."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.key = uuid.uuid4().hex
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        held = WATCHED_LEASES.get(self.key)
+        return self.interrupted or (held is not None and held.lost)
 
 
 class FailedPackCallback(Callback):

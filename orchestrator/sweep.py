@@ -133,14 +133,14 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     refuse_existing(root, spec.name, overwrite)
     written = False
     try:
-        with lease.acquire(lease_dir(root, spec.name), f"sweep {spec.name}", name=spec.name, notice=notice):
+        with lease.acquire(lease_dir(root, spec.name), f"sweep {spec.name}", name=spec.name, notice=notice) as held:
             replace = refuse_existing_under_lease(root, spec.name, overwrite)
             with ray_session(address, num_cpus=num_cpus) as session:  # joined first: a refused join writes nothing
                 if replace:
                     store.remove_sweep(root, spec.name)
                 _write_sweep_files(spec, root, spec_text)
                 written = True
-                return _drive(spec, root, session, progress)
+                return _drive(spec, root, session, progress, held)
     finally:
         if not written:
             _discard_lease_only_dir(root, spec.name)
@@ -176,7 +176,7 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
     """Run what the sweep still owes (reconcile.plan). A complete sweep returns at once, without Ray."""
     root = resolve_root(results)
     spec = load_sweep_spec(root, name)
-    with lease.acquire(lease_dir(root, name), f"resume {name}", name=name, notice=notice):
+    with lease.acquire(lease_dir(root, name), f"resume {name}", name=name, notice=notice) as held:
         store.mark_interrupted(root, name)  # rows a dead writer left running
         if reconcile.plan(root, spec).complete:
             store.compact_sweep(root, name)
@@ -184,15 +184,17 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
             return SweepOutcome(name=name, root=root, n_jobs=spec.n_jobs, finished=_ended(table),
                                 interrupted=False, fit_s=0.0, table=table, already_complete=True)
         with ray_session(address, num_cpus=num_cpus) as session:
-            return _drive(spec, root, session, progress)
+            return _drive(spec, root, session, progress, held)
 
 
 def _ended(table: pl.DataFrame) -> int:
     return table.filter(pl.col("status").is_in(list(store.ENDED))).height if table.height else 0
 
 
-def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: bool) -> SweepOutcome:
-    """Tune runs over what is owed until nothing is, or until something stops them (Ctrl-C)."""
+def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: bool,
+           held: lease.Lease) -> SweepOutcome:
+    """Tune runs over what is owed until nothing is, or until something stops them (Ctrl-C, or the lease
+    taken over by another process: then this one stops writing)."""
     fit_s, passes, interrupted = 0.0, 0, False
     try:
         for _ in range(MAX_PASSES):
@@ -201,14 +203,18 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
                 break
             passes += 1
             started = time.perf_counter()
-            stopped_early = _fit(spec, root, plan, progress)
+            stopped_early = _fit(spec, root, plan, progress, held)
             fit_s += time.perf_counter() - started
             if stopped_early:
                 interrupted = True
                 break
     except KeyboardInterrupt:
-        store.mark_interrupted(root, spec.name)
+        if not held.lost:
+            store.mark_interrupted(root, spec.name)
         raise
+    if held.lost:
+        raise UserError(f"sweep {spec.name!r}: another process took over its lease (this one's heartbeat had "
+                        "stopped); this run stopped writing and leaves the sweep to it")
     store.compact_sweep(root, spec.name)
     table = reconcile.rows(root, spec.name)
     complete = reconcile.plan(root, spec).complete
@@ -238,11 +244,11 @@ def _run_name(root: str, name: str) -> str:
     return f"run-{len(runs) + 1:03d}"
 
 
-def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool) -> bool:
+def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held: lease.Lease) -> bool:
     """One Tune experiment over the plan; True when it stopped before its trials ended (Ctrl-C)."""
     from ray import tune
 
-    from orchestrator.callbacks import FailedPackCallback, ProgressCallback
+    from orchestrator.callbacks import WATCHED_LEASES, FailedPackCallback, InterruptStopper, ProgressCallback
     from orchestrator.stopping import scheduler
     from orchestrator.trainable import train_pack
 
@@ -268,7 +274,8 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool) -> bo
     if progress:
         callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run))
     storage_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, spec.name))
-    stopper = _interrupt_stopper()
+    stopper = InterruptStopper()
+    WATCHED_LEASES[stopper.key] = held
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler(), num_samples=n_trials,
@@ -278,26 +285,12 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool) -> bo
                                   storage_filesystem=storage_filesystem, verbose=0, callbacks=callbacks, stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    with _ctrl_c_stops(stopper):
-        tuner.fit()
+    try:
+        with _ctrl_c_stops(stopper):
+            tuner.fit()
+    finally:
+        WATCHED_LEASES.pop(stopper.key, None)
     return stopper.interrupted
-
-
-def _interrupt_stopper():
-    """A Tune Stopper that ends the whole experiment once Ctrl-C has been pressed (see _ctrl_c_stops)."""
-    from ray.tune import Stopper
-
-    class InterruptStopper(Stopper):
-        def __init__(self) -> None:
-            self.interrupted = False  # a plain flag: Tune pickles its stopper into tuner.pkl
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            return self.interrupted
-
-    return InterruptStopper()
 
 
 @contextmanager
