@@ -249,6 +249,17 @@ def read_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | No
         return pq.read_table(source).to_pylist()[0]
 
 
+def read_trial_status(root: Root, sweep: str, trial_id: str) -> str | None:
+    """A job's stored status from its own row file (one column: ~50x cheaper than the whole row), or None."""
+    fs, base, _ = _fs(root)
+    path = _trial_path(base, sweep, trial_id)
+    try:
+        with fs.open_input_file(path) as source:
+            return pq.read_table(source, columns=["status"]).column(0)[0].as_py()
+    except FileNotFoundError:
+        return None
+
+
 def _compacted_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | None:
     """A trial's row in the sweep's compacted trial files (final rows only), or None."""
     fs, base, prefix = _fs(root)

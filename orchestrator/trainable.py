@@ -3,7 +3,8 @@ process (`trainer_process`), and writes each job's rows, curve, log and checkpoi
 
 Per job (see `orchestrator.reconcile` for the invariants this keeps):
 - a job whose row is already final is skipped (a retried pack, or a resume, never trains it twice);
-- a `running` row when it starts; its checkpoint in `<root>/sweeps/<name>/checkpoints/<job id>/`, from
+- a `running` row once it has trained for `report_every_s` (its first batch; shorter jobs go straight to
+  their final row); its checkpoint in `<root>/sweeps/<name>/checkpoints/<job id>/`, from
   which it resumes wherever it runs next; curve rows stored at each checkpoint (never past it), and the
   whole curve when it ends, then its final row derived from that curve (`jobs.outcome_from_curve`);
 - a job that raises is retried from its checkpoint up to `max_failures` times, then its row is `failed`
@@ -69,9 +70,8 @@ class _Pack:
     def run(self, job: Job) -> dict[str, Any]:
         if _stop_requested():
             raise SystemExit(0)
-        stored = store.read_trial_row(self.root, self.spec.name, job.job_id)
-        if stored is not None and stored["status"] in store.FINAL:
-            row = stored
+        if store.read_trial_status(self.root, self.spec.name, job.job_id) in store.FINAL:
+            row = store.read_trial_row(self.root, self.spec.name, job.job_id)
         else:
             row = _run_job(self, job)
         self._ended(job, row)
@@ -129,8 +129,8 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
     config = train_config(spec, job)
     started = time.time()
     common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False}
-    store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING, started_at=started,
-                                                **common), known_not_final=True)
+    shown_running = False  # the `running` row is written at the job's first batch: a job shorter than
+    #                        report_every_s goes straight to its final row (one row write instead of two)
     if where.remote:  # the trainer writes locally; each checkpoint is uploaded before it goes on
         checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
         store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
@@ -158,6 +158,11 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
                     elif isinstance(message, Batch):
                         if _stop_requested():
                             raise SystemExit(0)  # as Tune would at the next report; `finally` ends the trainer
+                        if not shown_running and not message.done:
+                            store.write_trial_row(root, store.trial_row(
+                                spec.name, job.job_id, config, store.RUNNING, started_at=started, **common),
+                                known_not_final=True)
+                            shown_running = True
                         _log_batch(log, message)
                         pending.extend(message.rows)
                         if message.checkpoint is not None:
@@ -192,16 +197,12 @@ def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: flo
             checkpoint_dir: str, log: store.JobLog) -> dict[str, Any]:
     spec, root = pack.spec, pack.root
     store.write_curve_rows(root, spec.name, job.job_id, finished.history)  # the whole curve, then one file
-    store.compact_curves(root, spec.name, job.job_id)
+    store.compact_curves(root, spec.name, job.job_id)  # (a no-op when no checkpoint stored rows before)
     fields = row_fields(outcome_from_curve(finished.history))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
                           wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),
                           **fields, **common)
-    stored = store.read_trial_row(root, spec.name, job.job_id)
-    if stored is None or stored["status"] not in store.FINAL:  # a final row is never replaced
-        store.write_trial_row(root, row, known_not_final=True)
-    else:
-        row = stored
+    store.write_trial_row(root, row, known_not_final=True)  # checked not final when the job started
     keep = spec.keep_checkpoints == "all" or (spec.keep_checkpoints == "censored" and row["censored"])
     if not keep:
         store.delete_checkpoint(root, spec.name, job.job_id)
