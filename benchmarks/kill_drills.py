@@ -164,10 +164,14 @@ def alive(proc: Proc) -> bool:
 
 
 def comm(pid: int) -> str:
+    """A process's name for the report: its comm, plus the script it runs for a `python` process."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
+    script = next((a.decode(errors="replace").rsplit("/", 1)[-1] for a in args[1:] if a.endswith(b".py")), None)
+    return f"{name}:{script}" if name.startswith("python") and script else name
 
 
 def reap(seen: set[Proc], lingering: dict[str, float], grace_s: float = GRACE_S) -> int:

@@ -17,6 +17,7 @@ checkpoint at the next save. The child exits when its actor dies (a lifeline pip
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -173,8 +174,13 @@ def serve(job_fd: int, out_fd: int, lifeline_fd: int) -> None:
 
 
 def _exit_with_parent(lifeline_fd: int) -> None:
-    os.read(lifeline_fd, 1)  # returns only at EOF: the parent is gone
-    os._exit(1)
+    """Exit when the parent (the Tune actor) is gone: the lifeline pipe reaches EOF, or -- should another
+    process have inherited the pipe's write end -- this process has been re-parented."""
+    parent = os.getppid()
+    while True:
+        ready, _, _ = select.select([lifeline_fd], [], [], 0.5)
+        if ready or os.getppid() != parent:
+            os._exit(1)
 
 
 def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
