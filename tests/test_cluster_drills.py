@@ -124,6 +124,13 @@ def curve_steps(root: Path, name: str) -> dict[str, list[int]]:
     return {tid: frame.filter(frame["trial_id"] == tid)["step"].to_list() for tid in frame["trial_id"].unique()}
 
 
+def assert_check_clean(root: Path, name: str) -> None:
+    """The sweep's invariants (`groksweep check`, which needs no cluster): exit 0."""
+    clean = subprocess.run(groksweep("check", name, "--results", str(root)), cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-3000:]
+
+
 def expected_steps(max_steps: int, eval_every: int) -> list[int]:
     return list(range(0, max_steps + 1, eval_every))
 
@@ -251,6 +258,7 @@ def test_sweep_with_address_on_a_token_cluster_runs_trials_on_both_workers(clust
     nodes = {name for sample in samples for name in sample}
     assert nodes == {"worker1", "worker2"}  # really multi-node, never the CPU-less head
     assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
+    assert_check_clean(root, "addr")
 
 
 def test_sweep_with_a_wrong_token_is_one_line_exit_2_and_writes_nothing(cluster, tmp_path):
@@ -281,6 +289,7 @@ def test_four_trials_share_one_logical_gpu_at_once(cluster, tmp_path):
     assert max(len(sample.get("worker1", [])) for sample in samples) == 4
     # the trainer used the device Ray gave it: a logical GPU on a machine without CUDA is the CPU
     assert {r["device"] for r in rows} == {"cpu"}
+    assert_check_clean(root, "gpu")
 
 
 GPU_PROBE = """
@@ -351,8 +360,7 @@ def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(
     for trial_id, row in after.items():
         assert row["steps_run"] == row["max_steps"]
         assert steps[trial_id] == expected_steps(row["max_steps"], 50), trial_id  # each step once, no gap
-    clean = run_cli(groksweep("check", "crash", "--results", str(root)), env)
-    assert clean.returncode == 0, clean.stdout
+    assert_check_clean(root, "crash")
 
 
 def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(cluster, tmp_path):
@@ -396,6 +404,7 @@ def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(
     assert resumed, log[-2000:]
     first_step = int(re.search(r"step (\d+) ", log[resumed.end():]).group(1))
     assert 0 < int(resumed.group(1)) < first_step < max_steps
+    assert_check_clean(root, "nodeloss")
 
     # its curve: every evaluation once, and the same as an uninterrupted run of the same config
     curve = store.collect(lambda: store.curves(root, ["nodeloss"]).sort("step"))

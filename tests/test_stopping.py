@@ -4,6 +4,7 @@ alone, groks; groksweep's policy (FIFO, trials end at confirmed generalisation o
 from __future__ import annotations
 
 import polars as pl
+from drills import assert_sweep_whole
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -28,6 +29,7 @@ def test_asha_on_val_acc_kills_a_trial_that_groks_under_groksweeps_policy(local_
     slow = policy.filter(pl.col("lr") == 3e-3).row(0, named=True)
     assert slow["status"] == store.COMPLETED and not slow["censored"]  # left alone, it groks
     assert slow["steps_run"] < 2500  # ... and ends there: stop-on-generalise, not the budget
+    assert_sweep_whole(tmp_path, "policy", 2)
 
     # The same two trials under ASHA on val_acc, the fast one first (max_concurrent 1): at the first rung
     # the slow one still sits near chance on validation, so ASHA stops it for good.
@@ -61,3 +63,4 @@ def test_pruned_trial_is_stopped_and_censored(local_ray, tmp_path):
                        "parameters": {"weight_decay": {"values": [0.0]}}, "prune": {"not_memorized_by": 200}})
     row = run_sweep(spec, results=tmp_path).table.row(0, named=True)
     assert row["status"] == store.STOPPED and row["censored"] and row["steps_run"] == 200
+    assert_sweep_whole(tmp_path, "prune", 1)
