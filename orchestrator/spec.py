@@ -27,9 +27,6 @@ SAMPLERS = ("tpe", "gp", "cmaes", "random", "nsga2")
 GOALS = ("minimize", "maximize")
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
 OBJECTIVE = "objective"  # the metric the search sees: never missing, censored runs at their penalty
-CHECKPOINTED = "checkpointed"  # reported True with a checkpoint: the rows up to here must be durable
-CURVE = "curve"  # the evaluation rows (step + METRICS) since the previous report, a list in each report
-PRUNED = "pruned"  # reported True when the grokking policy ended the trial (not memorised in time)
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
             "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
             "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints")

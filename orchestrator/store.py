@@ -289,16 +289,6 @@ def write_trial_row(root: Root, row: dict[str, Any], known_not_final: bool = Fal
     return True
 
 
-def final_trial_ids(root: Root, sweep: str) -> set[str]:
-    """Ids of the sweep's trials whose row is FINAL (one scan of its trial files)."""
-    fs, base, prefix = _fs(root)
-    files = _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
-    if not files:
-        return set()
-    rows = _scan(files, TRIAL_SCHEMA, prefix).filter(pl.col("status").is_in(list(FINAL))).select("trial_id")
-    return set(rows.collect()["trial_id"].to_list())
-
-
 def mark_interrupted(root: Root, sweep: str) -> list[str]:
     """Rows still `running` become `interrupted`: their writer has stopped (Ctrl-C, a crash, a takeover).
     Call only under the sweep's lease, with no trial of it running. Returns their ids."""

@@ -178,6 +178,7 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
     spec = load_sweep_spec(root, name)
     with lease.acquire(lease_dir(root, name), f"resume {name}", name=name, notice=notice) as held:
         store.mark_interrupted(root, name)  # rows a dead writer left running
+        tune_storage.remove_leftovers(store.sweep_dir(root, name))  # Tune's half-written records, if any
         if reconcile.plan(root, spec).complete:
             store.compact_sweep(root, name)
             table = reconcile.rows(root, name)
