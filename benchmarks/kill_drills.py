@@ -679,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds every drill's kill moments")
     parser.add_argument("--results", help="where the drills' results roots go (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep every drill's root (failing ones always stay)")
+    parser.add_argument("--window", default="0:1", help="kill moments drawn from [LO*T, HI*T] (fractions of "
+                        "the calibrated duration T; default 0:1; e.g. 0.8:1.05 aims at the end of a run)")
     parser.add_argument("--durations", default="", help="skip calibration: e.g. grid=18,random=15,optuna=20 (s)")
     parser.add_argument("--replay", help="one drill: METHOD:SWEEP_KILL_S[:RECOVERY_KILL_S]")
     parser.add_argument("--no-wait", action="store_true", help="start each recovery right after the kill, "
@@ -707,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"--methods: unknown {sorted(unknown)}")
+    window = tuple(float(f) for f in args.window.split(":"))
     durations = {k: float(v) for k, v in (item.split("=") for item in args.durations.split(",") if item)}
     for method in methods:
         if method not in durations:
@@ -716,13 +719,15 @@ def main(argv: list[str] | None = None) -> int:
             report(drill, journal)
             if drill.ok and not args.keep:
                 shutil.rmtree(drill.root, ignore_errors=True)
-            print(f"{method}: an uninterrupted sweep takes {durations[method]:.1f} s; kill moments in "
-                  f"[0, {durations[method]:.1f}] s", flush=True)
+            print(f"{method}: an uninterrupted sweep takes {durations[method]:.1f} s", flush=True)
+        print(f"{method}: kill moments in [{window[0] * durations[method]:.1f}, {window[1] * durations[method]:.1f}] s",
+              flush=True)
         for index in range(args.kills):
             rng = random.Random(f"{args.seed}:{method}:{index}")
-            moments = [rng.uniform(0, durations[method])]
+            low, high = (durations[method] * f for f in window)
+            moments = [rng.uniform(low, high)]
             if rng.random() < 0.5:
-                moments.append(rng.uniform(0, durations[method]))
+                moments.append(rng.uniform(low, high))
             drill = run_drill(method, f"#{index}", moments, base / f"{method}-{index:02d}")
             drills.append(drill)
             report(drill, journal)

@@ -56,7 +56,7 @@ import polars as pl
 import yaml
 
 from orchestrator import store
-from orchestrator.jobs import expected_jobs, pack_size, train_config
+from orchestrator.jobs import expected_jobs, pack_size, pack_sizes, train_config
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.config import TrainConfig, resolve
 
@@ -319,7 +319,7 @@ def grid_size(n_jobs: int, pack: int | None, base_root: str, repo: Path) -> floa
     with cpu_lock():
         sweep = run_groksweep(raw, root, f"{root}.log", repo)
         pool, pool_cpu = run_pool(configs)
-    return report(f"grid, {n_jobs} jobs", n_jobs, sweep, pool, pool_cpu, root, -(-n_jobs // size), size,
+    return report(f"grid, {n_jobs} jobs", n_jobs, sweep, pool, pool_cpu, root, len(pack_sizes(spec, n_jobs)), size,
                   target_ratio=n_jobs >= 2000)
 
 

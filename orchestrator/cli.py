@@ -247,7 +247,7 @@ def sweep(
     Example: groksweep sweep examples/wd-study.yaml --results results
     """
     from orchestrator import sweep as sweeps
-    from orchestrator.jobs import pack_size
+    from orchestrator.jobs import pack_sizes
     from orchestrator.overview import dry_run as planned
     from orchestrator.spec import load_spec
 
@@ -264,9 +264,10 @@ def sweep(
                 typer.echo(f"  {key}: {kind} {bounds}")
         else:
             typer.echo(_frame_text(pl.DataFrame(jobs)))
-            size = pack_size(spec, len(jobs))
-            typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_jobs} jobs in {-(-len(jobs) // size)} "
-                       f"Tune trials (packs of {size}), {spec.max_concurrent} at a time")
+            sizes = pack_sizes(spec, len(jobs))
+            shown = str(sizes[0]) if len(set(sizes)) == 1 else f"{sizes[0]} down to {min(sizes)}"
+            typer.echo(f"sweep {spec.name}: {spec.method} would run {spec.n_jobs} jobs in {len(sizes)} "
+                       f"Tune trials (packs of {shown}), {spec.max_concurrent} at a time")
         return
     root = sweeps.resolve_root(results)
     sweeps.refuse_existing(root, spec.name, overwrite)

@@ -10,11 +10,13 @@ Optuna trial number that proposed it; `<hash>` is 6 hex digits of sha1 over the 
 the configuration's searched values and the seed, so ids of different sweeps or specs never collide.
 
 Packing (spec key `pack`, jobs per Tune trial): a Tune trial costs the driver ~25 ms however long it
-trains, so small jobs are packed. Default for grid/random: enough packs that every concurrent slot gets
-8 of them (load balance), but no pack longer than 100,000 training steps --
-`pack = max(1, min(ceil(jobs / (8 * max_concurrent)), 100_000 // max_steps))`. A sweep of 12 jobs at
-2 at a time gets packs of 1; 2,000 `tiny` jobs (60 steps) get 125. Optuna packs are always one proposed
-configuration x all its seeds: the mean over seeds is what Optuna is told, so seeds are never split.
+trains, so small jobs are packed. Default for grid/random: decreasing sizes (guided self-scheduling), so
+that big packs keep the driver idle early and small ones balance the end: each pack takes
+`ceil(left / (8 * max_concurrent))` of the jobs left, but at least `ceil(jobs / (128 * max_concurrent))`
+and at most 100,000 training steps (`100_000 // max_steps` jobs). A sweep of 12 jobs at 2 at a time gets
+packs of 1; 2,000 `tiny` jobs (60 steps) 125, 118, ... down to 8 (61 Tune trials); 10,000 of them 625
+down to 40. Optuna packs are always one proposed configuration x all its seeds: the mean over seeds is
+what Optuna is told, so seeds are never split. A fixed `pack: N` gives packs of N.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from trainers.config import TrainConfig
 from trainers.metrics import CENSORED, EVENTS, METRICS, EventTracker
 
 MAX_PACK_STEPS = 100_000
-PACKS_PER_SLOT = 8
+PACKS_PER_SLOT = 8  # a pack takes at most 1/8 of what is left per concurrent slot ...
+TAIL_PACKS_PER_SLOT = 128  # ... and at least 1/128 of the whole sweep per slot
 
 
 @dataclass(frozen=True)
@@ -79,21 +82,40 @@ def train_config(spec: Any, job: Job) -> TrainConfig:
     return config
 
 
-def pack_size(spec: Any, n_jobs: int) -> int:
-    """Jobs per Tune trial (see the module docstring)."""
+def pack_sizes(spec: Any, n_jobs: int) -> list[int]:
+    """Jobs per Tune trial, in run order (see the module docstring): a fixed `pack`, or decreasing sizes."""
     if spec.method == "optuna":
-        return len(spec.seeds)
+        return [len(spec.seeds)] * -(-n_jobs // len(spec.seeds))
     if spec.pack is not None:
-        return spec.pack
+        return [spec.pack] * (n_jobs // spec.pack) + ([n_jobs % spec.pack] if n_jobs % spec.pack else [])
     from orchestrator.spec import points
 
     max_steps = max(spec.trial_config(p, spec.seeds[0]).max_steps for p in points(spec)[:1000])
-    balanced = math.ceil(n_jobs / (PACKS_PER_SLOT * spec.max_concurrent))
-    return max(1, min(balanced, MAX_PACK_STEPS // max(1, max_steps)))
+    cap = max(1, MAX_PACK_STEPS // max(1, max_steps))
+    slots = PACKS_PER_SLOT * spec.max_concurrent
+    smallest = max(1, min(cap, math.ceil(n_jobs / (TAIL_PACKS_PER_SLOT * spec.max_concurrent))))
+    sizes, left = [], n_jobs
+    while left:
+        size = min(left, cap, max(smallest, math.ceil(left / slots)))
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
-def make_packs(jobs: list[Job], size: int) -> list[list[Job]]:
-    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+def pack_size(spec: Any, n_jobs: int) -> int:
+    """The largest pack (the first)."""
+    return max(pack_sizes(spec, n_jobs), default=1)
+
+
+def make_packs(jobs: list[Job], sizes: list[int] | int) -> list[list[Job]]:
+    if isinstance(sizes, int):
+        sizes = [sizes] * -(-len(jobs) // sizes)
+    packs, at = [], 0
+    for size in sizes:
+        if at < len(jobs):
+            packs.append(jobs[at:at + size])
+            at += size
+    return packs
 
 
 # --- what a job's curve says: the row is always derived from it ---

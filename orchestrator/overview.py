@@ -96,12 +96,12 @@ def trial_log(name: str, trial_id: str, results: str | Path | None = None) -> st
 
 def dry_run(spec: SweepSpec) -> list[dict[str, Any]]:
     """The jobs the sweep would run, with their ids and packs (optuna: its space and count)."""
-    from orchestrator.jobs import expected_jobs, pack_size
+    from orchestrator.jobs import expected_jobs, make_packs, pack_sizes
 
     if spec.method == "optuna":
         space = {p.name: (p.kind, list(p.values) if p.values else [p.low, p.high]) for p in spec.parameters.values()}
         return [{"configurations": spec.num_samples, "seeds": list(spec.seeds), "sampler": spec.sampler,
                  "space": space}]
-    jobs = expected_jobs(spec)
-    size = pack_size(spec, len(jobs))
-    return [{"trial_id": job.job_id, **job.values, "seed": job.seed, "pack": i // size} for i, job in enumerate(jobs)]
+    packs = make_packs(expected_jobs(spec), pack_sizes(spec, spec.n_jobs))
+    return [{"trial_id": job.job_id, **job.values, "seed": job.seed, "pack": i} for i, pack in enumerate(packs)
+            for job in pack]

@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from orchestrator import UserError, lease, reconcile, store, tune_storage
-from orchestrator.jobs import make_packs, pack_size
+from orchestrator.jobs import make_packs, pack_sizes
 from orchestrator.results_root import ResultsRoot
 from orchestrator.runtime import RaySession, ray_session
 from orchestrator.spec import SweepSpec, load_spec, parse_spec
@@ -265,7 +265,7 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
         jobs_this_run = n_trials * len(spec.seeds)
     else:
         search_alg = None
-        packs = make_packs(plan.pending, pack_size(spec, len(plan.pending)))
+        packs = make_packs(plan.pending, pack_sizes(spec, len(plan.pending)))
         n_trials = 1
         param_space = {"pack": tune.grid_search(list(range(len(packs))))}
         jobs_this_run = len(plan.pending)
