@@ -77,6 +77,15 @@ def rows(root: Any, name: str) -> pl.DataFrame:
     return store.collect(lambda: store.trials(root, [name]))
 
 
+def _ended_ids(root: Any, name: str) -> set[str]:
+    """Ids of the jobs with an ended row, reading only two columns (10,000 row files: ~50 MB, not ~600)."""
+    if name not in store.sweeps(root):
+        return set()
+    table = store.collect(lambda: store.trials(root, [name]).select("trial_id", "status")
+                          .filter(pl.col("status").is_in(list(store.ENDED))))
+    return set(table["trial_id"].to_list())
+
+
 @dataclass
 class Plan:
     n_owed: int  # jobs owed (Optuna: including those of the proposals still to make)
@@ -91,7 +100,7 @@ class Plan:
 
 def plan(root: Any, spec: SweepSpec) -> Plan:
     """What a run must still do."""
-    ended = set(rows(root, spec.name).filter(pl.col("status").is_in(list(store.ENDED)))["trial_id"].to_list())
+    ended = _ended_ids(root, spec.name)
     if spec.method != "optuna":
         owed = expected_jobs(spec)
         return Plan(len(owed), [job for job in owed if job.job_id not in ended])

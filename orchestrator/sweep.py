@@ -216,12 +216,10 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
     if held.lost:
         raise UserError(f"sweep {spec.name!r}: another process took over its lease (this one's heartbeat had "
                         "stopped); this run stopped writing and leaves the sweep to it")
-    store.compact_sweep(root, spec.name)
-    table = reconcile.rows(root, spec.name)
+    store.compact_sweep(root, spec.name)  # first: the reads below then open a few files, not one per job
     complete = reconcile.plan(root, spec).complete
     stopped = store.mark_interrupted(root, spec.name) if not complete else []
-    if stopped:
-        table = reconcile.rows(root, spec.name)
+    table = reconcile.rows(root, spec.name)
     return SweepOutcome(name=spec.name, root=root, n_jobs=spec.n_jobs, finished=_ended(table),
                         interrupted=not complete or interrupted, fit_s=fit_s, ray=session, table=table,
                         passes=passes, interrupted_jobs=stopped)

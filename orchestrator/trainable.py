@@ -139,7 +139,7 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
     log = store.JobLog(root, spec.name, job.job_id)
     trainer = trainer_process.shared()
     pending: list[dict[str, Any]] = []
-    attempt, finished_ok = 0, False
+    attempt, finished_ok, parts_written = 0, False, False
     try:
         while True:
             resumed_from = _has_local_checkpoint(checkpoint_dir)
@@ -168,12 +168,15 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
                         if message.checkpoint is not None:
                             if where.remote:
                                 store.upload_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
-                            store.write_curve_rows(root, spec.name, job.job_id, pending)  # durable up to here
+                            if not message.done:  # at the end the whole curve is written at once, just below
+                                store.write_curve_rows(root, spec.name, job.job_id, pending)  # durable up to here
+                                parts_written = True
                             pending.clear()
                             trainer.release()
                         pack.progress(job, message.step, message.metrics)
                     elif isinstance(message, Finished):
-                        row = _finish(pack, job, config, message, started, common, checkpoint_dir, log)
+                        row = _finish(pack, job, config, message, started, common, log,
+                                      compact=parts_written or resumed_from is not None)
                 finished_ok = True
                 return row
             except TrainerFailed as error:
@@ -194,10 +197,13 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
 
 
 def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: float, common: dict[str, Any],
-            checkpoint_dir: str, log: store.JobLog) -> dict[str, Any]:
+            log: store.JobLog, compact: bool) -> dict[str, Any]:
+    """The whole curve as one file (merged with the parts stored at earlier checkpoints, if any), then the
+    row derived from it."""
     spec, root = pack.spec, pack.root
-    store.write_curve_rows(root, spec.name, job.job_id, finished.history)  # the whole curve, then one file
-    store.compact_curves(root, spec.name, job.job_id)  # (a no-op when no checkpoint stored rows before)
+    store.write_curve_rows(root, spec.name, job.job_id, finished.history)
+    if compact:
+        store.compact_curves(root, spec.name, job.job_id)
     fields = row_fields(outcome_from_curve(finished.history))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
                           wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),
