@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from drills import wait_for
 
 from orchestrator import store
 
@@ -311,16 +312,6 @@ def test_on_a_gpu_node_a_task_without_gpus_sees_none(cluster, tmp_path):
     assert probe.stdout.split() == ["''", "'0'"]
 
 
-def _wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(cluster, tmp_path):
     root = tmp_path / "results"
     # three short and three long trials: the kill lands when some have ended and others are mid-way
@@ -338,12 +329,12 @@ def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(
             running = [r for r in rows if r["status"] == store.RUNNING]
             return (final, running) if final and running else None
 
-        final_before, _ = _wait_for(some_ended_some_running, 120, "a trial to end while others run")
+        final_before, _ = wait_for(some_ended_some_running, 120, "a trial to end while others run")
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
     # the cluster ends the dead driver's trial actors itself; wait for it rather than touch them
-    _wait_for(lambda: not trial_processes(cluster), 60, "the dead driver's trials to be ended")
+    wait_for(lambda: not trial_processes(cluster), 60, "the dead driver's trials to be ended")
     before = {r["trial_id"]: r for r in trial_rows(root, "crash")}
     assert len(before) < 6 or any(r["status"] == store.RUNNING for r in before.values())
 
@@ -383,11 +374,11 @@ def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(
             running = trial_processes(cluster)
             return next(iter(running), None)
 
-        lost = node_by_name(cluster, _wait_for(node_running_a_checkpointed_trial, 90,
+        lost = node_by_name(cluster, wait_for(node_running_a_checkpointed_trial, 90,
                                                "the trial's first checkpoint", interval=0.05))
         assert trial_rows(root, "nodeloss")[0]["status"] == store.RUNNING  # mid-trial
         assert cluster.kill(lost, graceful=False)  # the machine is gone: SIGKILL, no goodbye
-        survivor = _wait_for(lambda: next(iter(trial_processes(cluster)), None), 90, "the trial to move")
+        survivor = wait_for(lambda: next(iter(trial_processes(cluster)), None), 90, "the trial to move")
         output, _ = driver.communicate(timeout=150)
     finally:
         if driver.poll() is None:
