@@ -574,7 +574,8 @@ class Drill:
 
     def line(self) -> str:
         kills = ", ".join(c.describe() for c in self.commands if c.kill_at is not None) or "no kill"
-        takeover = f"{sum(c.takeover_seen for c in self.commands)}/{sum(c.must_take_over for c in self.commands)}"
+        must = [c for c in self.commands if c.must_take_over]
+        takeover = f"{sum(c.takeover_seen for c in must)}/{len(must)}"
         left = sum(c.leftovers for c in self.commands)
         return (f"{self.method:6} {self.label:>11} | {kills} | recovery "
                 + " -> ".join(c.describe() if c.overlapping else f"{c.verb} rc {c.rc}"
@@ -647,7 +648,8 @@ def summary(drills: list[Drill]) -> str:
         cells = (method, len(mine), sum(d.complete for d in mine), total["missing"], total["unexpected"],
                  total["duplicate_rows"], total["duplicate_steps"], total["contradicting"], total["curve_gaps"],
                  total["optuna_mismatches"], total["lease_held"],
-                 f"{sum(c.takeover_seen for c in commands)}/{sum(c.must_take_over for c in commands)}",
+                 f"{sum(c.takeover_seen for c in commands if c.must_take_over)}/"
+                 f"{sum(c.must_take_over for c in commands)}",
                  sum(d.recovered_by_sweep for d in mine), sum(d.final_rc != 0 for d in mine))
         lines.append(" | ".join(str(c).rjust(len(h)) for c, h in zip(cells, head, strict=True)))
     return "\n".join(lines)
