@@ -13,10 +13,11 @@ once per drill, and releases it between drills so that other users of the shared
 
 What a drill does, per method (grid, random, optuna; a small sweep of the tiny p=23 MLP, 2 seeds, 2 at a
 time, a checkpoint every 5 evaluations):
-1. Calibration (once per method, under the lock): one uninterrupted `sweep` measures its duration T
-   (and its tables are checked like a drill's). Each drill then draws its kill moments uniformly from
-   [0, T] with an RNG seeded by (--seed, method, drill), so kills land during Python/Ray start-up,
-   between jobs, during state writes and mid-training.
+1. Calibration (once per method, under the lock): two uninterrupted `sweep`s (the first also warms
+   bytecode and import caches) measure its duration T, the faster of the two (their tables are checked
+   like a drill's). Each drill then draws its kill moments uniformly from [0, T] (--window LO:HI: from
+   [LO*T, HI*T]) with an RNG seeded by (--seed, method, drill), so kills land during Python/Ray start-up,
+   between jobs, during state writes and mid-training. `--replay METHOD:S1[:S2]` reruns one drill's kills.
 2. `groksweep sweep SPEC` in its own process group, SIGKILLed (the whole group) at the first moment.
    For about half of the drills (seeded) the recovery command is then started and SIGKILLed too, at a
    second moment. The recovery command is what a user would run: `resume NAME` once the sweep exists
@@ -29,7 +30,8 @@ time, a checkpoint every 5 evaluations):
 3. The recovery command runs to the end (no kill); `resume` must exit 0. If that was `sweep` (the sweep
    did not exist yet), `resume` is run after it as well and must exit 0 too.
    A killed driver leaves its lease unreleased: the next command must take it over by itself and print
-   a "took over" note; seen and expected notes are recorded per command.
+   a "took over" note. Every command that found an unreleased lease and ran to the end must have printed
+   it ("took over: seen/required").
 4. The tables are counted (each count must be 0, and the sweep complete):
    - missing: jobs owed (grid: every value x seed; random/optuna: num_samples x seeds) without a row whose
      status is completed / stopped / failed; `unexpected` counts the reverse (extra configurations,
@@ -44,10 +46,11 @@ time, a checkpoint every 5 evaluations):
      num_samples of them, and each COMPLETE value is the mean over its seeds' rows (linked by the
      `optuna_trial` column) of steps_to_generalize, or 2 x max_steps where that is null;
    - lease held: the sweep's lease file still unreleased once the last command has exited 0.
-5. One line per drill (kill moments, what was running at each kill, takeover notes seen/expected, exit
-   codes, counts), then a table per method. Exit code 1 if any count is non-zero or any sweep is left
-   incomplete. Roots of failing drills are always kept (their paths are printed); passing ones only with
-   --keep. Each command's output is in <root>/<n>-<command>.log.
+5. One line per drill (kill moments, what was running at each kill -- read from the files right after
+   the kill --, takeover notes, exit codes, counts, how long the killed driver's processes outlived it when
+   over 5 s), then a table per method; every drill also goes to <results>/drills.jsonl. Exit code 1 if any
+   count is non-zero or any sweep is left incomplete. Roots of failing drills are always kept (their paths
+   are printed); passing ones only with --keep. Each command's output is in <root>/<n>-<command>.log.
 """
 
 from __future__ import annotations
@@ -556,7 +559,7 @@ def optuna_counts(root: Path, spec: dict[str, Any], ended: pl.DataFrame, out: Co
 @dataclass
 class Drill:
     method: str
-    label: str  # "calibration", the drill's index, or "replay"
+    label: str  # "calibrate-<k>", the drill's index, or "replay"
     moments: list[float]
     commands: list[Command] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
@@ -640,7 +643,7 @@ def summary(drills: list[Drill]) -> str:
             "curve gaps", "optuna mism.", "lease held", "took over: seen/required", "pre-sweep kills", "final rc!=0")
     lines = [" | ".join(head)]
     for method in METHODS:
-        mine = [d for d in drills if d.method == method and d.label != "calibration"]
+        mine = [d for d in drills if d.method == method and not d.label.startswith("calibrate")]
         if not mine:
             continue
         total = {n: sum(getattr(d.counts, n) for d in mine) for n in Counts.NAMES}
@@ -714,13 +717,14 @@ def main(argv: list[str] | None = None) -> int:
     window = tuple(float(f) for f in args.window.split(":"))
     durations = {k: float(v) for k, v in (item.split("=") for item in args.durations.split(",") if item)}
     for method in methods:
-        if method not in durations:
-            drill = run_drill(method, "calibration", [], base / f"{method}-calibration")
-            durations[method] = drill.commands[0].seconds
-            drills.append(drill)
-            report(drill, journal)
-            if drill.ok and not args.keep:
-                shutil.rmtree(drill.root, ignore_errors=True)
+        if method not in durations:  # twice: the first run also warms caches (bytecode, imports); T = the faster
+            for run in (1, 2):
+                drill = run_drill(method, f"calibrate-{run}", [], base / f"{method}-calibration-{run}")
+                durations[method] = min(durations.get(method, math.inf), drill.commands[0].seconds)
+                drills.append(drill)
+                report(drill, journal)
+                if drill.ok and not args.keep:
+                    shutil.rmtree(drill.root, ignore_errors=True)
             print(f"{method}: an uninterrupted sweep takes {durations[method]:.1f} s", flush=True)
         print(f"{method}: kill moments in [{window[0] * durations[method]:.1f}, {window[1] * durations[method]:.1f}] s",
               flush=True)
