@@ -202,11 +202,24 @@ def _sweep_report(outcome: Any, spec: Any) -> None:
         typer.echo(f"\n{outcome.finished}/{outcome.n_jobs} jobs ended ({outcome.fit_s:.1f} s in Tune)")
     if outcome.table.height:
         typer.echo(_frame_text(summary(spec, outcome.table)))
+        _budget_report(spec, outcome.root)
     if outcome.interrupted:
         shown = f" ({len(outcome.interrupted_jobs)} job(s) interrupted)" if outcome.interrupted_jobs else ""
         typer.echo(f"\nStopped before the end{shown}; nothing finished is lost. Continue with:\n"
                    f"  {outcome.resume_command}")
         raise typer.Exit(130)
+
+
+def _budget_report(spec: Any, root: str) -> None:
+    """Per configuration: the budget spent and why it stopped (a `budget` sweep, or one that was extended)."""
+    from orchestrator import budgets
+
+    if spec.budget is None and not budgets.rounds(root, spec.name):
+        return
+    groups = budgets.group_budgets(root, spec)
+    if groups.height:
+        typer.echo(f"\nbudget per configuration ({groups['trial_steps'].sum()} trial-steps in all):")
+        typer.echo(_frame_text(groups))
 
 
 def _optuna_hint(spec: Any, root: str) -> None:
@@ -296,6 +309,43 @@ def resume(name: NameOpt, results: ResultsOpt = None, address: AddressOpt = None
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
+def extend(
+    name: NameOpt,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="The new budget (optimiser steps) of the selected "
+                                           "censored jobs; above their current one.")],
+    where: Annotated[str | None, typer.Option("--where", help="SQL predicate over trials columns selecting the "
+                                              "censored jobs to extend, e.g. \"train_fraction < 0.25\".")] = None,
+    rerun_missing: Annotated[bool, typer.Option("--rerun-missing", help="Rerun from step 0 the selected jobs "
+                                                "that kept no checkpoint (else they are listed and left).")] = False,
+    results: ResultsOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Continue censored jobs of a grid/random sweep from their checkpoints up to a larger budget; each
+    extended job ends exactly as if it had had that budget from the start. Resumable with `resume`.
+
+    Example: groksweep extend wd-study --max-steps 8000 --where "train_fraction < 0.25"
+    """
+    from orchestrator import budgets
+    from orchestrator import sweep as sweeps
+
+    root = sweeps.resolve_root(results)
+    spec = sweeps.load_sweep_spec(root, name)
+    selection = budgets.select(root, spec, max_steps, where, rerun_missing)
+    typer.echo(f"extend {name}: {len(selection.jobs)} censored job(s) continue from their checkpoints to "
+               f"{max_steps} steps" + (f"; {len(selection.missing)} without a checkpoint "
+                                       + ("rerun from step 0" if rerun_missing else "left (add --rerun-missing to "
+                                          "rerun them from step 0): " + ", ".join(selection.missing[:20])
+                                          + (" ..." if len(selection.missing) > 20 else ""))
+                                       if selection.missing else ""))
+    if not selection.to_run:
+        return
+    _run_to_end(lambda: sweeps.extend_sweep(name, max_steps, where=where, rerun_missing=rerun_missing,
+                                            results=root, address=address, progress=True, notice=_notice)[1],
+                spec, root)
+
+
+@app.command(rich_help_panel="Sweeps")
+@user_errors
 def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table") -> None:
     """A sweep's jobs: status, events, censoring; its per-configuration summary; who is writing it.
 
@@ -324,6 +374,7 @@ def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table
     if table.height:
         typer.echo(_frame_text(trials))
         typer.echo(_frame_text(overview.summary(spec, table)))
+        _budget_report(spec, resolve_root(results))
 
 
 @app.command("ls", rich_help_panel="Sweeps")

@@ -43,6 +43,7 @@ class Job:
     values: dict[str, Any]  # the configuration's spec parameters (searched and constant)
     seed: int
     optuna_trial: int | None = None
+    max_steps: int | None = None  # an extended budget (orchestrator.budgets); None: the spec's
 
 
 def job_id(sweep: str, configuration: int, values: dict[str, Any], seed: int, width: int = 4) -> str:
@@ -77,20 +78,23 @@ def train_config(spec: Any, job: Job) -> TrainConfig:
     """The job's TrainConfig. `threads` left null becomes the trial's whole-CPU count (Ray sets
     OMP_NUM_THREADS=1 in its workers, which would leave a multi-CPU trial on one thread)."""
     config = spec.trial_config(job.values, job.seed)
+    if job.max_steps is not None:
+        config = dataclasses.replace(config, max_steps=job.max_steps)
     if config.threads is None:
         config = dataclasses.replace(config, threads=max(1, int(spec.cpu)))
     return config
 
 
-def pack_sizes(spec: Any, n_jobs: int) -> list[int]:
-    """Jobs per Tune trial, in run order (see the module docstring): a fixed `pack`, or decreasing sizes."""
+def pack_sizes(spec: Any, n_jobs: int, max_steps: int | None = None) -> list[int]:
+    """Jobs per Tune trial, in run order (see the module docstring): a fixed `pack`, or decreasing sizes.
+    `max_steps`: the largest budget among the jobs, when extended budgets exceed the spec's."""
     if spec.method == "optuna":
         return [len(spec.seeds)] * -(-n_jobs // len(spec.seeds))
     if spec.pack is not None:
         return [spec.pack] * (n_jobs // spec.pack) + ([n_jobs % spec.pack] if n_jobs % spec.pack else [])
     from orchestrator.spec import points
 
-    max_steps = max(spec.trial_config(p, spec.seeds[0]).max_steps for p in points(spec)[:1000])
+    max_steps = max(max_steps or 0, *(spec.trial_config(p, spec.seeds[0]).max_steps for p in points(spec)[:1000]))
     cap = max(1, MAX_PACK_STEPS // max(1, max_steps))
     slots = PACKS_PER_SLOT * spec.max_concurrent
     smallest = max(1, min(cap, math.ceil(n_jobs / (TAIL_PACKS_PER_SLOT * spec.max_concurrent))))

@@ -26,12 +26,12 @@ per job (one (configuration, seed) training, one `trials` row, one curve; see or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 
-from orchestrator import lease, store
+from orchestrator import budgets, lease, store
 from orchestrator.jobs import Job, expected_jobs, objective_of_row, optuna_jobs, outcome_from_curve
 from orchestrator.spec import SweepSpec
 from trainers.metrics import (
@@ -77,13 +77,21 @@ def rows(root: Any, name: str) -> pl.DataFrame:
     return store.collect(lambda: store.trials(root, [name]))
 
 
-def _ended_ids(root: Any, name: str) -> set[str]:
-    """Ids of the jobs with an ended row, reading only two columns (10,000 row files: ~50 MB, not ~600)."""
+def _ended_rows(root: Any, name: str) -> pl.DataFrame:
+    """The ended rows' (trial_id, status, censored, max_steps), reading only those columns (10,000 row
+    files: ~50 MB, not ~600)."""
     if name not in store.sweeps(root):
-        return set()
-    table = store.collect(lambda: store.trials(root, [name]).select("trial_id", "status")
-                          .filter(pl.col("status").is_in(list(store.ENDED))))
-    return set(table["trial_id"].to_list())
+        return pl.DataFrame(schema={k: store.TRIAL_SCHEMA[k] for k in ("trial_id", "status", "censored",
+                                                                        "max_steps")})
+    return store.collect(lambda: store.trials(root, [name]).select("trial_id", "status", "censored", "max_steps")
+                         .filter(pl.col("status").is_in(list(store.ENDED))))
+
+
+def _budgeted(jobs: list[Job], budget: dict[str, int]) -> list[Job]:
+    """The jobs with the budgets extension rounds gave them (orchestrator.budgets)."""
+    if not budget:
+        return jobs
+    return [replace(job, max_steps=budget[job.job_id]) if job.job_id in budget else job for job in jobs]
 
 
 @dataclass
@@ -99,11 +107,15 @@ class Plan:
 
 
 def plan(root: Any, spec: SweepSpec) -> Plan:
-    """What a run must still do."""
-    ended = _ended_ids(root, spec.name)
+    """What a run must still do: owed jobs not ended, and jobs an extension round owes a larger budget."""
+    ended = _ended_rows(root, spec.name)
     if spec.method != "optuna":
-        owed = expected_jobs(spec)
-        return Plan(len(owed), [job for job in owed if job.job_id not in ended])
+        budget = budgets.targets(root, spec.name)
+        owed = _budgeted(expected_jobs(spec), budget)
+        rows_by_id = {row["trial_id"]: row for row in ended.iter_rows(named=True)}
+        pending = [job for job in owed if job.job_id not in rows_by_id
+                   or budgets.owes_extension(rows_by_id[job.job_id], job.max_steps)]
+        return Plan(len(owed), pending)
     study = _study(root, spec)
     from orchestrator.optuna_search import unfinished_proposals
 
@@ -164,6 +176,7 @@ def check(root: Any, spec: SweepSpec, holding_lease: bool = False) -> Report:
     owed = owed_jobs(root, spec)
     owed_ids = {job.job_id for job in owed}
     live = holder is not None
+    budget = budgets.targets(root, name) if spec.method != "optuna" else {}
 
     for job in owed:
         row = by_id.get(job.job_id)
@@ -171,6 +184,12 @@ def check(root: Any, spec: SweepSpec, holding_lease: bool = False) -> Report:
             if not live:
                 status = "no row" if row is None else f"row is {row['status']}"
                 out.append(Violation("missing", job.job_id, f"owed but not ended ({status}); run `resume`", False))
+        elif budgets.owes_extension(row, budget.get(job.job_id)) and not live:
+            out.append(Violation("missing", job.job_id, f"owed an extension to {budget[job.job_id]} steps (row ended"
+                                 f" censored at {row['steps_run']}); run `resume`", False))
+        elif row["status"] in store.FINAL and row["steps_run"] is not None and row["steps_run"] > row["max_steps"]:
+            out.append(Violation("contradicts_curve", job.job_id, f"steps_run {row['steps_run']} is above its "
+                                 f"max_steps {row['max_steps']}", False))
     for trial_id in sorted(set(by_id) - owed_ids):
         out.append(Violation("unexpected_row", trial_id, "a row for a job the sweep does not owe", False))
 

@@ -29,8 +29,9 @@ DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
 OBJECTIVE = "objective"  # the metric the search sees: never missing, censored runs at their penalty
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
             "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
-            "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints")
+            "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints", "budget")
 KEEP_CHECKPOINTS = ("none", "censored", "all")
+BUDGET_UNTIL = ("median_known",)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
 
@@ -57,6 +58,17 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """Censoring-aware budgets (orchestrator.budgets): every job starts at `max_steps`; then, round by round,
+    the censored jobs of configurations whose Kaplan-Meier median is not yet known get twice the budget
+    (the last round capped at `extend_to`), until every median is known or `extend_to` is reached."""
+
+    max_steps: int
+    extend_to: int
+    until: str = "median_known"
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     base: dict[str, Any]  # config fields (and optionally `preset`) shared by every trial
@@ -77,6 +89,7 @@ class SweepSpec:
     report_every_s: float = 1.0  # longest a trial's evaluations wait to reach Tune; 0: report every evaluation
     pack: int | None = None  # jobs per Tune trial; None: the rule in orchestrator.jobs
     keep_checkpoints: str = "censored"  # none | censored | all: which ended jobs keep their final checkpoint
+    budget: Budget | None = None  # censoring-aware budgets; None: every job has its config's max_steps
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
 
@@ -324,6 +337,10 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     else:
         prune_by = _int(prune, "not_memorized_by", None, problems, 1)
 
+    budget = _parse_budget(raw.get("budget"), method, base, parameters, keep_checkpoints, problems)
+    if budget is not None:
+        base = {**base, "max_steps": budget.max_steps}
+
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.append("description: free text")
@@ -337,10 +354,41 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
         prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
         checkpoint_every_s=checkpoint_every_s, report_every_s=report_every_s, pack=pack,
-        keep_checkpoints=keep_checkpoints, description=description, raw=raw,
+        keep_checkpoints=keep_checkpoints, budget=budget, description=description, raw=raw,
     )
     _check_configs(spec, problems)
     return None if problems else spec
+
+
+def _parse_budget(value: Any, method: str, base: dict[str, Any], parameters: dict[str, Param],
+                  keep_checkpoints: Any, problems: list[str]) -> Budget | None:
+    if value is None:
+        return None
+    shape = "budget: a mapping {max_steps: N, extend_to: M, until: median_known} with M > N"
+    if not isinstance(value, dict) or set(value) - {"max_steps", "extend_to", "until"}:
+        problems.append(shape)
+        return None
+    before = len(problems)
+    max_steps = _int(value, "max_steps", None, problems, 1)
+    extend_to = _int(value, "extend_to", None, problems, 1)
+    until = value.get("until", "median_known")
+    if max_steps is None or extend_to is None:
+        problems.append(shape)
+    elif extend_to <= max_steps:
+        problems.append(f"budget.extend_to: must be above budget.max_steps ({max_steps}), got {extend_to}")
+    if until not in BUDGET_UNTIL:
+        problems.append(f"budget.until: {until!r} is not allowed; choose one of {', '.join(BUDGET_UNTIL)}")
+    if method == "optuna":
+        problems.append("budget: grid and random sweeps only (a COMPLETE Optuna trial's value cannot change); "
+                        "remove `budget` or use method grid")
+    if "max_steps" in base or "max_steps" in parameters:
+        where = "base.max_steps" if "max_steps" in base else "parameters.max_steps"
+        problems.append(f"{where}: the budget sets max_steps (budget.max_steps); remove {where}")
+    if keep_checkpoints == "none":
+        problems.append("keep_checkpoints: none leaves nothing to extend; with `budget` use censored (the default)")
+    if len(problems) > before:
+        return None
+    return Budget(max_steps=max_steps, extend_to=extend_to, until=until)
 
 
 def _parse_metrics(value: Any, problems: list[str]) -> list[Metric]:

@@ -72,6 +72,8 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "optuna_trial": pl.Int64,
     "pack_size": pl.Int64,
     "batched": pl.Boolean,
+    "budget_history": pl.List(pl.Int64),  # an extended job's budgets (max_steps), oldest first; else null
+    "extended_from_steps": pl.Int64,  # an extended job's steps_run before its last extension; else null
 }
 CURVE_SCHEMA: dict[str, pl.DataType] = {
     "sweep": pl.String,
@@ -197,7 +199,8 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
               final_metrics: dict[str, float] | None = None, device: str | None = None,
               started_at: Any = None, ended_at: Any = None, error: str | None = None,
               optuna_trial: int | None = None, pack_size: int | None = None,
-              batched: bool | None = None) -> dict[str, Any]:
+              batched: bool | None = None, budget_history: list[int] | None = None,
+              extended_from_steps: int | None = None) -> dict[str, Any]:
     """The full trial row: sweep, trial_id, every config field, status, results, host, library versions.
     Timestamps may be datetimes, epoch seconds or ISO strings (stored as UTC)."""
     if status not in STATUSES:
@@ -222,6 +225,8 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
         "optuna_trial": optuna_trial,
         "pack_size": pack_size,
         "batched": batched,
+        "budget_history": budget_history,
+        "extended_from_steps": extended_from_steps,
     }
     assert row.keys() == TRIAL_SCHEMA.keys()
     return row
@@ -578,6 +583,50 @@ def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
     for path in files:
         if not path.endswith(f"/{newest}-zcompact.parquet"):
             fs.delete_file(path)
+
+
+def replace_curve(root: Root, sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
+    """Make `rows` the job's whole curve, dropping any other step stored in its folder. Only for an extended
+    job (`uncompact` it first), whose old curve may hold an evaluation that the longer run does not make
+    (at the old budget's end); its row is not final meanwhile, so a crash here is redone by `resume`."""
+    fs, base, prefix = _fs(root)
+    write_curve_rows(root, sweep, trial_id, rows)
+    compact_curves(root, sweep, trial_id)  # one file now: `rows`, and any stale step
+    steps = sorted({int(r["step"]) for r in rows})
+    for path in _parquet_files(fs, _curve_dir(base, sweep, trial_id)):
+        frame = _scan([path], CURVE_SCHEMA, prefix).collect()
+        if not frame["step"].is_in(steps).all():
+            _write_parquet(fs, path, frame.filter(pl.col("step").is_in(steps)))
+
+
+def uncompact(root: Root, sweep: str, trial_ids: set[str]) -> int:
+    """Move these jobs' rows and curves out of the sweep's compacted files into their own files (as before
+    `compact_sweep`), so that their rows can be replaced and their curves grow: what `extend` does first.
+    One pass over the compacted files, however many jobs; idempotent. Returns how many rows moved."""
+    if not trial_ids:
+        return 0
+    fs, base, prefix = _fs(root)
+    wanted = sorted(trial_ids)
+    moved = 0
+    for table, schema in (("curves", CURVE_SCHEMA), ("trials", TRIAL_SCHEMA)):  # curves first, as compact_sweep
+        directory = f"{base}/{table}/sweep={check_name('sweep', sweep)}"
+        for path in [f for f in _parquet_files(fs, directory, recursive=False) if _WRITTEN.match(f.rsplit("/", 1)[-1])]:
+            frame = _scan([path], schema, prefix).collect()
+            leaving = frame.filter(pl.col("trial_id").is_in(wanted))
+            if leaving.is_empty():
+                continue
+            for (trial_id,), part in leaving.group_by("trial_id"):
+                if table == "curves":
+                    write_curve_frame(root, sweep, trial_id, part)
+                else:
+                    _write_parquet(fs, _trial_path(base, sweep, trial_id), part.head(1))
+                    moved += 1
+            rest = frame.filter(~pl.col("trial_id").is_in(wanted))
+            if rest.height:
+                _write_parquet(fs, path, rest)  # same name: its place in write order is kept
+            else:
+                _delete(fs, [path])
+    return moved
 
 
 def compact_sweep(root: Root, sweep: str) -> None:

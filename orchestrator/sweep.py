@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from orchestrator import UserError, lease, reconcile, store, tune_storage
+from orchestrator import UserError, budgets, lease, reconcile, store, tune_storage
 from orchestrator.jobs import make_packs, pack_sizes
 from orchestrator.results_root import ResultsRoot
 from orchestrator.runtime import RaySession, ray_session
@@ -179,7 +179,7 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
     with lease.acquire(lease_dir(root, name), f"resume {name}", name=name, notice=notice) as held:
         store.mark_interrupted(root, name)  # rows a dead writer left running
         tune_storage.remove_leftovers(store.sweep_dir(root, name))  # Tune's half-written records, if any
-        if reconcile.plan(root, spec).complete:
+        if reconcile.plan(root, spec).complete and not budgets.due_rounds(root, spec):
             store.compact_sweep(root, name)
             table = reconcile.rows(root, name)
             return SweepOutcome(name=name, root=root, n_jobs=spec.n_jobs, finished=_ended(table),
@@ -198,17 +198,21 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
     taken over by another process: then this one stops writing)."""
     fit_s, passes, interrupted = 0.0, 0, False
     try:
-        for _ in range(MAX_PASSES):
-            plan = reconcile.plan(root, spec)
-            if plan.complete:
-                break
-            passes += 1
-            started = time.perf_counter()
-            stopped_early = _fit(spec, root, plan, progress, held)
-            fit_s += time.perf_counter() - started
-            if stopped_early:
-                interrupted = True
-                break
+        while not interrupted:
+            for _ in range(MAX_PASSES):
+                plan = reconcile.plan(root, spec)
+                if plan.complete:
+                    break
+                passes += 1
+                started = time.perf_counter()
+                store.uncompact(root, spec.name, {job.job_id for job in plan.pending if job.max_steps is not None})
+                stopped_early = _fit(spec, root, plan, progress, held)
+                fit_s += time.perf_counter() - started
+                if stopped_early:
+                    interrupted = True
+                    break
+            if interrupted or held.lost or not plan.complete or not budgets.start_due_rounds(root, spec):
+                break  # a `budget` sweep goes on while a round is due (orchestrator.budgets)
     except KeyboardInterrupt:
         if not held.lost:
             store.mark_interrupted(root, spec.name)
@@ -263,7 +267,8 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
         jobs_this_run = n_trials * len(spec.seeds)
     else:
         search_alg = None
-        packs = make_packs(plan.pending, pack_sizes(spec, len(plan.pending)))
+        extended = max((job.max_steps for job in plan.pending if job.max_steps is not None), default=None)
+        packs = make_packs(plan.pending, pack_sizes(spec, len(plan.pending), max_steps=extended))
         n_trials = 1
         param_space = {"pack": tune.grid_search(list(range(len(packs))))}
         jobs_this_run = len(plan.pending)
@@ -318,6 +323,30 @@ def _write_sweep_files(spec: SweepSpec, root: str, spec_text: str) -> None:
     meta = {"name": spec.name, "method": spec.method, "n_jobs": spec.n_jobs, "n_trials": spec.n_jobs,
             "created": time.time(), "host": socket.gethostname()}
     store.write_sweep_file(root, spec.name, META_FILE, json.dumps(meta, indent=1).encode())
+
+
+def extend_sweep(name: str, max_steps: int, where: str | None = None, rerun_missing: bool = False,
+                 results: str | Path | None = None, address: str | None = None, progress: bool = False,
+                 num_cpus: float | None = None, notice: Any = None) -> tuple[budgets.Selection, SweepOutcome]:
+    """Continue the sweep's censored jobs (those `where` selects) from their checkpoints up to `max_steps`,
+    under the lease, as a run like `resume` (which finishes an interrupted extension). Jobs without a
+    checkpoint rerun from step 0 with `rerun_missing`, else they are left (Selection.missing)."""
+    root = resolve_root(results)
+    spec = load_sweep_spec(root, name)
+    budgets.select(root, spec, max_steps, where, rerun_missing)  # refusals before the lease: nothing written
+    with lease.acquire(lease_dir(root, name), f"extend {name}", name=name, notice=notice) as held:
+        selection = budgets.select(root, spec, max_steps, where, rerun_missing)  # again, as the only writer
+        if selection.to_run:
+            budgets.record_round(root, name, max_steps, selection.jobs,
+                                 selection.missing if rerun_missing else [], reason="extend", where=where)
+        store.mark_interrupted(root, name)
+        tune_storage.remove_leftovers(store.sweep_dir(root, name))
+        if reconcile.plan(root, spec).complete:
+            table = reconcile.rows(root, name)
+            return selection, SweepOutcome(name=name, root=root, n_jobs=spec.n_jobs, finished=_ended(table),
+                                           interrupted=False, fit_s=0.0, table=table, already_complete=True)
+        with ray_session(address, num_cpus=num_cpus) as session:
+            return selection, _drive(spec, root, session, progress, held)
 
 
 def remove_sweep(name: str, results: str | Path | None = None, notice: Any = None) -> None:

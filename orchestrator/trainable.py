@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import store, trainer_process
+from orchestrator.budgets import extension_fields, owes_extension
 from orchestrator.jobs import Job, objective_of_row, optuna_jobs, outcome_from_curve, row_fields, train_config
 from orchestrator.reports import PackReport
 from orchestrator.spec import SweepSpec
@@ -70,7 +71,11 @@ class _Pack:
     def run(self, job: Job) -> dict[str, Any]:
         if _stop_requested():
             raise SystemExit(0)
-        if store.read_trial_status(self.root, self.spec.name, job.job_id) in store.FINAL:
+        if job.max_steps is not None:  # an extension round names it (orchestrator.budgets)
+            stored = store.read_trial_row(self.root, self.spec.name, job.job_id)
+            final = stored is not None and stored["status"] in store.FINAL and not owes_extension(stored, job.max_steps)
+            row = stored if final else _run_job(self, job, stored)
+        elif store.read_trial_status(self.root, self.spec.name, job.job_id) in store.FINAL:
             row = store.read_trial_row(self.root, self.spec.name, job.job_id)
         else:
             row = _run_job(self, job)
@@ -123,14 +128,21 @@ def _has_local_checkpoint(directory: str) -> int | None:
     return max(steps, default=None)
 
 
-def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
+def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one job (or, with `job.max_steps`, continue it to its extended budget: `stored` is its row)."""
     spec, root = pack.spec, pack.root
     where = store.ResultsRoot.of(root)
     config = train_config(spec, job)
     started = time.time()
     common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False}
+    extending = job.max_steps is not None and stored is not None
     shown_running = False  # the `running` row is written at the job's first batch: a job shorter than
     #                        report_every_s goes straight to its final row (one row write instead of two)
+    if extending:  # its final row gives way to a running one first: a crash from here on leaves it owed
+        common.update(extension_fields(stored, job.max_steps))
+        store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING,
+                                                    started_at=started, **common), known_not_final=True)
+        shown_running = True
     if where.remote:  # the trainer writes locally; each checkpoint is uploaded before it goes on
         checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
         store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
@@ -176,7 +188,7 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
                         pack.progress(job, message.step, message.metrics)
                     elif isinstance(message, Finished):
                         row = _finish(pack, job, config, message, started, common, log,
-                                      compact=parts_written or resumed_from is not None)
+                                      compact=parts_written or resumed_from is not None, replace=extending)
                 finished_ok = True
                 return row
             except TrainerFailed as error:
@@ -197,13 +209,16 @@ def _run_job(pack: _Pack, job: Job) -> dict[str, Any]:
 
 
 def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: float, common: dict[str, Any],
-            log: store.JobLog, compact: bool) -> dict[str, Any]:
-    """The whole curve as one file (merged with the parts stored at earlier checkpoints, if any), then the
-    row derived from it."""
+            log: store.JobLog, compact: bool, replace: bool = False) -> dict[str, Any]:
+    """The whole curve as one file (merged with the parts stored at earlier checkpoints, if any; `replace`:
+    an extended job's, instead of every step stored before), then the row derived from it."""
     spec, root = pack.spec, pack.root
-    store.write_curve_rows(root, spec.name, job.job_id, finished.history)
-    if compact:
-        store.compact_curves(root, spec.name, job.job_id)
+    if replace:
+        store.replace_curve(root, spec.name, job.job_id, finished.history)
+    else:
+        store.write_curve_rows(root, spec.name, job.job_id, finished.history)
+        if compact:
+            store.compact_curves(root, spec.name, job.job_id)
     fields = row_fields(outcome_from_curve(finished.history))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
                           wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),

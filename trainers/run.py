@@ -66,6 +66,15 @@ def batch_indices(config: TrainConfig, n_train: int, step: int) -> torch.Tensor 
     return order[i * config.batch_size:(i + 1) * config.batch_size]
 
 
+def extends_budget(saved: dict[str, Any], config: TrainConfig) -> bool:
+    """A checkpoint of `saved` may continue under `config` when only `max_steps` differs and grows: nothing
+    in a run depends on its budget except where it stops (the warm-up is fixed, batches are drawn per step),
+    so the continued run is the run that had the larger budget from the start."""
+    wanted = config.to_dict()
+    return (saved.keys() == wanted.keys() and saved["max_steps"] < wanted["max_steps"]
+            and all(saved[k] == wanted[k] for k in wanted if k != "max_steps"))
+
+
 def keep_freed_memory() -> None:
     """Let glibc reuse freed large blocks instead of returning them to the OS: every step allocates the
     same multi-MB activations, and fresh pages cost a page fault each (measured: gromov 16 -> 10 ms/step).
@@ -113,14 +122,18 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     saved = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
         state = checkpoint.load(saved)
-        if state["config"] != config.to_dict():
-            raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config; use a new directory")
+        extended = extends_budget(state["config"], config)
+        if state["config"] != config.to_dict() and not extended:
+            raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config (only a larger "
+                              "max_steps may differ); use a new directory")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if grad_filter is not None:
             grad_filter.load_state_dict(state["grad_filter"])
         torch.set_rng_state(state["rng_cpu"])
         step, history, wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
+        if extended:  # the evaluation at the old budget's end is not one the longer run makes
+            history = [row for row in history if row["step"] % config.eval_every == 0]
     tracker = EventTracker.replay(history)
 
     def finished() -> bool:
