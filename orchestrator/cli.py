@@ -210,13 +210,20 @@ def _sweep_report(outcome: Any, spec: Any) -> None:
         raise typer.Exit(130)
 
 
-def _budget_report(spec: Any, root: str) -> None:
-    """Per configuration: the budget spent and why it stopped (a `budget` sweep, or one that was extended)."""
+def _budget_groups(spec: Any, root: str) -> Any:
+    """Per configuration: the budget spent and why it stopped (a `budget` sweep, or one that was extended);
+    empty for the others."""
+    import polars as pl
+
     from orchestrator import budgets
 
     if spec.budget is None and not budgets.rounds(root, spec.name):
-        return
-    groups = budgets.group_budgets(root, spec)
+        return pl.DataFrame()
+    return budgets.group_budgets(root, spec)
+
+
+def _budget_report(spec: Any, root: str) -> None:
+    groups = _budget_groups(spec, root)
     if groups.height:
         typer.echo(f"\nbudget per configuration ({groups['trial_steps'].sum()} trial-steps in all):")
         typer.echo(_frame_text(groups))
@@ -366,7 +373,8 @@ def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table
     if format == "json":
         typer.echo(json.dumps({"sweep": name, "n_trials": spec.n_jobs, "n_jobs": spec.n_jobs,
                                "writer": None if holder is None else lease.describe(holder),
-                               "trials": trials.to_dicts(), "summary": overview.summary(spec, table).to_dicts()},
+                               "trials": trials.to_dicts(), "summary": overview.summary(spec, table).to_dicts(),
+                               "budget": _budget_groups(spec, resolve_root(results)).to_dicts()},
                               default=str))
         return
     typer.echo(f"sweep {name}: {table.height}/{spec.n_jobs} jobs recorded; "
@@ -470,6 +478,15 @@ def _table(frame: Any, title: str | None = None) -> str:
     return (f"{title}\n" if title else "") + text + more
 
 
+def _csv_ready(frame: Any) -> Any:
+    """CSV has no lists: a list column (e.g. budget_history) is written as its JSON text, `[105,400]`."""
+    import polars as pl
+
+    return frame.with_columns(pl.concat_str(pl.lit("["), pl.col(name).cast(pl.List(pl.String)).list.join(","),
+                                            pl.lit("]")).alias(name)
+                              for name, dtype in frame.schema.items() if isinstance(dtype, pl.List))
+
+
 def _emit(text: str, output: str | None) -> None:
     if output is None:
         typer.echo(text.removesuffix("\n"))
@@ -504,7 +521,7 @@ def query(
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(output)
     elif format == "csv":
-        _emit(frame.write_csv(), output)
+        _emit(_csv_ready(frame).write_csv(), output)
     elif format == "json":
         _emit(frame.write_json(), output)
     else:

@@ -9,11 +9,14 @@ per job (one (configuration, seed) training, one `trials` row, one curve; see or
    `max_failures` + 1 times; `resume` does not retry it). `resume` runs every owed job that has not ended
    -- whatever Tune's own saved state says -- so nothing is dropped, and skips ended ones, so nothing is
    trained twice; a sweep is complete when every owed job has ended and (Optuna) no trial is RUNNING.
+   An extension round (orchestrator.budgets) owes each job it names that budget: a row that ended
+   censored below it is not done.
 2. One row per job, one curve row per (job, step) -- after deduplication by the readers, and, once
    compacted, in the files too.
 3. A row never contradicts its curve: steps_run, the events, `censored` and the final metrics are what
    `jobs.outcome_from_curve` computes from the job's stored curve. A final row is never replaced (the
-   trainable checks before it writes), except by `check --repair` rederiving it from its curve.
+   trainable checks before it writes), except by `check --repair` rederiving it from its curve and by an
+   extension (the row turns `running` first, its curve is replaced by the longer history, then its row).
 4. `running` only while a live lease holds the sweep: a writer that stops (Ctrl-C, takeover, repair)
    turns its rows `interrupted`; readers show `interrupted` for `running` rows of an unheld sweep.
 5. An unfinished job with curve rows has its checkpoint (rows are stored only up to a checkpoint), so

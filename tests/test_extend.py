@@ -74,8 +74,12 @@ def test_extend_continues_censored_jobs_as_if_run_with_the_larger_budget(local_r
     assert sorted(middle.filter(pl.col("max_steps") == 300)["weight_decay"]) == [3.0, 3.0]
     assert (middle.filter(pl.col("weight_decay") == 2.0)["steps_run"] == 105).all()  # the others keep theirs
 
-    result = runner.invoke(app, ["extend", "ext", "--max-steps", "400", "--results", str(tmp_path)])
-    assert result.exit_code == 0, result.output
+    # a job that kept no checkpoint: listed and left, or rerun from step 0 with --rerun-missing
+    lost = middle.filter(pl.col("weight_decay") == 2.0)["trial_id"][0]
+    store.delete_checkpoint(tmp_path, "ext", lost)
+    assert budgets.select(tmp_path, spec, 400, None, False).missing == [lost]
+    result = runner.invoke(app, ["extend", "ext", "--max-steps", "400", "--rerun-missing", "--results", str(tmp_path)])
+    assert result.exit_code == 0 and "1 without a checkpoint rerun from step 0" in result.output, result.output
     table = assert_sweep_whole(tmp_path, "ext", 4)
     _assert_as_if_run_with(tmp_path, spec, 400, table)
     _assert_as_if_run_with(tmp_path, spec, 300, table)
