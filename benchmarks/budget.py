@@ -1,7 +1,7 @@
 """Budget where it changes the answer: one study run four ways, side by side in one run.
 
 The study mixes fast, slow and never-grokking cells: the `tiny` MLP (p = 31; `--gromov`: the gromov MLP at
-p = 59, width 256) over train_fraction x weight_decay x 3 seeds, 1 torch thread, 2 jobs at a time, on
+p = 59, width 256) over train_fraction x weight_decay x 5 seeds, 1 torch thread, 2 jobs at a time, on
 embedded local Ray. The four ways:
   (a) a fixed small budget (max_steps = SMALL);
   (b) a fixed budget equal to extend_to (max_steps = LARGE);
@@ -42,11 +42,11 @@ from orchestrator.sweep import run_sweep  # noqa: E402
 
 STUDIES = {
     "tiny": dict(base={"preset": "tiny", "threads": 1}, small=200, large=3200,
-                 train_fraction=[0.3, 0.4, 0.5, 0.6], weight_decay=[0.3, 1.0, 3.0]),
+                 train_fraction=[0.35, 0.45, 0.6], weight_decay=[0.3, 1.0, 3.0]),
     "gromov": dict(base={"preset": "gromov", "p": 59, "width": 256, "threads": 1}, small=500, large=8000,
                    train_fraction=[0.15, 0.25, 0.4, 0.6], weight_decay=[0.1, 0.3, 1.0]),
 }
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2, 3, 4]
 
 
 def spec_raw(study: dict, name: str, max_steps: int | None = None, budget: bool = False) -> dict:

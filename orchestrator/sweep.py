@@ -211,7 +211,8 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
                 if stopped_early:
                     interrupted = True
                     break
-            if interrupted or held.lost or not plan.complete or not budgets.start_due_rounds(root, spec):
+            if interrupted or held.lost or not reconcile.plan(root, spec).complete \
+                    or not budgets.start_due_rounds(root, spec):
                 break  # a `budget` sweep goes on while a round is due (orchestrator.budgets)
     except KeyboardInterrupt:
         if not held.lost:
