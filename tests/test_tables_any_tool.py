@@ -68,7 +68,7 @@ def test_every_tool_reads_the_same_rows(root: Path, table: str, keys: list[str])
     assert str(arrow.schema.field("sweep").type) in ("string", "large_string")
     _same(pl.from_arrow(arrow), want, keys)
     duck = duckdb.sql(f"select * from read_parquet('{root}/{table}/**/*.parquet', hive_partitioning = true)")
-    assert dict(zip(duck.columns, map(str, duck.types)))["sweep"] == "VARCHAR"
+    assert dict(zip(duck.columns, map(str, duck.types), strict=True))["sweep"] == "VARCHAR"
     _same(duck.pl(), want, keys)
     polars_frame = pl.scan_parquet(root / table, hive_partitioning=True).collect()
     assert polars_frame.schema["sweep"] == pl.String
