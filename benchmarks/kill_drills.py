@@ -241,11 +241,11 @@ CURVE_COLUMNS = ["trial_id", "step", "train_acc", "val_acc"]
 
 
 def trial_rows(root: Path, name: str) -> pl.DataFrame:
-    return read_files(parquet_files(root / "trials" / f"sweep={name}"), TRIAL_COLUMNS)
+    return read_files(parquet_files(root / "trials" / name), TRIAL_COLUMNS)
 
 
 def curve_rows(root: Path, name: str) -> pl.DataFrame:
-    return read_files(parquet_files(root / "curves" / f"sweep={name}"), CURVE_COLUMNS)
+    return read_files(parquet_files(root / "curves" / name), CURVE_COLUMNS)
 
 
 def lease_unreleased(root: Path, name: str) -> bool:

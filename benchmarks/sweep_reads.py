@@ -61,8 +61,8 @@ def synthesise(root: Path, jobs: int) -> None:
                                     ended_at=2.0, pack_size=125, batched=False,
                                     **row_fields(outcome_from_curve(history))))
         curves.extend({"sweep": NAME, "trial_id": job.job_id, **h} for h in history)
-    trial_dir = root / "trials" / f"sweep={NAME}"
-    curve_dir = root / "curves" / f"sweep={NAME}"
+    trial_dir = root / "trials" / NAME
+    curve_dir = root / "curves" / NAME
     trial_dir.mkdir(parents=True)
     curve_dir.mkdir(parents=True)
     pl.DataFrame(rows, schema=store.TRIAL_SCHEMA).write_parquet(trial_dir / f"{time.time_ns():020d}-sweep.parquet")
@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.results or tempfile.mkdtemp(prefix="gsreads"))
     try:
-        if not (root / "trials" / f"sweep={NAME}").exists():
+        if not (root / "trials" / NAME).exists():
             synthesise(root, args.jobs)
         r = ["--results", str(root)]
         commands = {"status": ["status", NAME, *r],

@@ -56,7 +56,8 @@ class FailedPackCallback(Callback):
             store.write_trial_row(self.root, store.trial_row(
                 self.spec.name, job.job_id, train_config(self.spec, job), store.FAILED, ended_at=time.time(),
                 started_at=None if stored is None else stored["started_at"], error=error[-4000:],
-                optuna_trial=job.optuna_trial, pack_size=len(jobs), batched=False), known_not_final=True)
+                optuna_trial=job.optuna_trial, pack_size=len(jobs), batched=False, spec_hash=self.spec.spec_hash),
+                known_not_final=True)
 
 
 class ProgressCallback(Callback):

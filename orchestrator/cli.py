@@ -30,6 +30,8 @@ ResultsOpt = Annotated[
 ]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Join this Ray cluster (or $RAY_ADDRESS).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
+SkipCorruptOpt = Annotated[bool, typer.Option("--skip-corrupt", help="Leave out result files that are not readable "
+                                              "Parquet (each named in a warning) instead of stopping.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -43,10 +45,26 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import contextlib
+
+        import polars as pl
+        import pyarrow as pa
+
+        from orchestrator import store
+
+        skipping = (store.skipping_corrupt(lambda line: typer.echo(f"Warning: {line}", err=True))
+                    if kwargs.get("skip_corrupt") else contextlib.nullcontext())
         try:
-            return command(*args, **kwargs)
+            with skipping:
+                return command(*args, **kwargs)
         except (UserError, ConfigError) as error:
             fail(str(error))
+        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as error:
+            # a read failed: if an unreadable file under the root is why, name it (one line), else re-raise
+            corrupt = None if isinstance(error, FileNotFoundError) else store.find_corrupt(kwargs.get("results"))
+            if corrupt is None:
+                raise
+            fail(corrupt)
 
     return wrapper
 
@@ -121,8 +139,10 @@ def train(
     config = preset(preset_name, **parse_sets(set_values))
     if results is not None:
         from orchestrator import store
+        from orchestrator.sweep import ensure_migrated, resolve_root
 
         store.check_name("sweep", name)
+        ensure_migrated(resolve_root(results))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=Console(stderr=True), transient=format == "json") as progress:
@@ -269,8 +289,10 @@ def sweep(
     from orchestrator import sweep as sweeps
     from orchestrator.jobs import pack_sizes
     from orchestrator.overview import dry_run as planned
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import NAME_PATTERN, load_spec
 
+    if name is not None and not NAME_PATTERN.match(name):
+        fail(f"--name {name!r}: letters, digits, '_', '.', '-' (starting with a letter or digit, at most 80)")
     spec = load_spec(spec_path, name=name)
     if dry_run:
         import polars as pl
@@ -353,7 +375,8 @@ def extend(
 
 @app.command(rich_help_panel="Sweeps")
 @user_errors
-def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table") -> None:
+def status(name: NameOpt, results: ResultsOpt = None, format: FormatOpt = "table",
+           skip_corrupt: SkipCorruptOpt = False) -> None:
     """A sweep's jobs: status, events, censoring; its per-configuration summary; who is writing it.
 
     Example: groksweep status wd-study --format json
@@ -420,9 +443,11 @@ def rm(name: NameOpt, results: ResultsOpt = None,
 
     Example: groksweep rm wd-study --yes
     """
+    from orchestrator import store
     from orchestrator import sweep as sweeps
 
     root = sweeps.resolve_root(results)
+    store.check_name("sweep", name)
     if name not in sweeps.list_sweep_names(root):
         fail(f"no sweep named {name!r} under {root}")
     if not yes and not typer.confirm(f"Delete sweep {name!r} and all its results under {root}?"):
@@ -436,7 +461,7 @@ def rm(name: NameOpt, results: ResultsOpt = None,
 def check(name: NameOpt, results: ResultsOpt = None,
           repair: Annotated[bool, typer.Option("--repair", help="Fix what needs no training (under the sweep's "
                                                "lease); list what needs `resume`.")] = False,
-          format: FormatOpt = "table") -> None:
+          format: FormatOpt = "table", skip_corrupt: SkipCorruptOpt = False) -> None:
     """Verify a sweep's invariants; one line per violation, naming the job. Exit 0 clean, 1 violations.
 
     Example: groksweep check wd-study --repair
@@ -504,6 +529,7 @@ def query(
     results: ResultsOpt = None,
     format: Annotated[str, typer.Option("--format", help="table | csv | json | parquet")] = "table",
     output: Annotated[str | None, typer.Option("--output", help="Write here instead of stdout.")] = None,
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Run SQL over the result tables (`trials`: one row per trial; `curves`: one row per evaluation).
 
@@ -540,6 +566,7 @@ def study(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the exponent CI.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     results: ResultsOpt = None,
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Kaplan-Meier median time-to-grok per x (censored trials count), and a power-law fit against x.
 
@@ -588,6 +615,7 @@ def phase(
     grok_factor: Annotated[float, typer.Option("--grok-factor", help="Grokking if delay >= this × "
                                                "memorisation step; else comprehension.")] = 1.0,
     results: ResultsOpt = None,
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Liu et al. 2022's phases per (x, y) cell: comprehension, grokking, memorization, confusion.
 
@@ -617,15 +645,33 @@ def plot(
                                                     "8 trials spread over the sweep.")] = None,
     output: Annotated[str | None, typer.Option("--output", help="PNG path (default NAME-curves.png).")] = None,
     results: ResultsOpt = None,
+    skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
     """Train/validation accuracy and loss against step (log x) with events marked, as a PNG.
 
-    Example: groksweep plot wd-scan --trial wd-scan_00003 --output curves.png
+    Example: groksweep plot wd-scan --trial c0003-s1-4be1a0 --output curves.png
     """
     from orchestrator import plots, studies
 
     path = plots.curves_plot(*studies.curves_for_plot(name, trial or None, results), output or f"{name}-curves.png")
     typer.echo(str(path))
+
+
+@app.command(rich_help_panel="Results")
+@user_errors
+def migrate(results: ResultsOpt = None) -> None:
+    """Bring a results root to the current layout and schema: `sweep=<name>` folders (before 0.2) renamed
+    to `<name>`, every file rewritten with the current columns (atomically, under each sweep's lease).
+    Sweep, resume, check --repair and train --results do this by themselves before they write.
+
+    Example: groksweep migrate --results results/reference
+    """
+    from orchestrator import sweep as sweeps
+
+    root = sweeps.resolve_root(results)
+    changed = sweeps.migrate_root(root, notice=_notice)
+    typer.echo(f"migrated {len(changed)} file(s) or folder(s) under {root}" if changed else
+               f"{root} is up to date")
 
 
 def main() -> None:  # pragma: no cover - console entry point

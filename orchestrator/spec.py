@@ -34,6 +34,75 @@ KEEP_CHECKPOINTS = ("none", "censored", "all")
 BUDGET_UNTIL = ("median_known",)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
+# A spec is a few hundred bytes; these bound what a hostile one can cost before it is refused (< 2 s).
+MAX_SPEC_BYTES = 256 * 1024
+MAX_SPEC_DEPTH = 20  # mappings and lists inside one another
+MAX_SPEC_NODES = 100_000  # values, counting each use of an alias (a YAML "billion laughs" expands here)
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML with YAML 1.2 core-schema scalars: `1e-3` is a number (PyYAML's YAML 1.1 reads it as a
+    string), only true/false are booleans (not yes/no/on/off), integers are decimal. `.nan` and `.inf`
+    read as floats and are refused where numbers belong, naming the key."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":bool", ":int", ":float"))]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+SpecLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
+SpecLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: float(
+    loader.construct_scalar(node).lower().replace(".inf", "inf").replace(".nan", "nan")))
+
+
+def load_yaml(text: str, source: str = "spec") -> Any:
+    """Parse a spec's YAML within the limits above; UserError (one line) when it is over one."""
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise UserError(f"{source}: the spec is {len(text.encode())} bytes; at most {MAX_SPEC_BYTES} "
+                        "(a sweep spec is a short YAML mapping)")
+    depth = deepest = 0
+    for char in text:  # flow collections ([[[...) nested past the limit: refused before the parser recurses
+        depth += (char in "[{") - (char in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_SPEC_DEPTH:
+        raise UserError(f"{source}: nested more than {MAX_SPEC_DEPTH} levels deep")
+    loader = SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{source}: nested more than {MAX_SPEC_DEPTH} levels deep") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Walk the node graph as construction would (aliases expanded) and stop at the limits."""
+    count, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_SPEC_NODES:
+            raise UserError(f"{source}: more than {MAX_SPEC_NODES} values once aliases are expanded (an alias "
+                            "bomb?); write the spec out plainly")
+        if depth > MAX_SPEC_DEPTH:
+            raise UserError(f"{source}: nested more than {MAX_SPEC_DEPTH} levels deep")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
 
 
 @dataclass(frozen=True)
@@ -92,6 +161,16 @@ class SweepSpec:
     budget: Budget | None = None  # censoring-aware budgets; None: every job has its config's max_steps
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
+
+    @property
+    def spec_hash(self) -> str:
+        """sha256 of the spec as run (its keys as given, under the sweep's name; canonical JSON): the
+        `spec_hash` of every trial row, so a row says which spec produced it."""
+        import hashlib
+        import json
+
+        text = json.dumps({**self.raw, "name": self.name}, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def multi_objective(self) -> bool:
@@ -208,11 +287,14 @@ def load_spec(path: str | Path, name: str | None = None) -> SweepSpec:
     """Read and validate a spec file; `name` overrides the spec's own. UserError lists every problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        if path.stat().st_size > MAX_SPEC_BYTES:  # refused before reading it
+            raise UserError(f"{path}: the spec is {path.stat().st_size} bytes; at most {MAX_SPEC_BYTES} "
+                            "(a sweep spec is a short YAML mapping)")
+        raw = load_yaml(path.read_text(), str(path))
+    except (FileNotFoundError, IsADirectoryError):
         raise UserError(f"spec file not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a sweep spec is YAML)") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a sweep spec is a YAML mapping (name, base, method, parameters, ...)")
     if name is not None:
@@ -224,6 +306,8 @@ def parse_spec(raw: dict[str, Any], source: str = "spec") -> SweepSpec:
     problems: list[str] = []
     spec = _parse(raw, problems)
     if problems or spec is None:
+        precise = {p.split(".values[", 1)[0] for p in problems if ".values[" in p.split(":", 1)[0]}
+        problems = [p for p in problems if p.split(":", 1)[0] not in precise]  # one line per key: the precise one
         lines = "\n".join(f"  {p}" for p in dict.fromkeys(problems))
         raise UserError(f"invalid sweep spec {source} ({len(problems)} problem(s)):\n{lines}")
     return spec
@@ -241,13 +325,49 @@ def _int(raw: dict, key: str, default: Any, problems: list[str], minimum: int) -
 
 def _seconds(raw: dict, key: str, default: float, problems: list[str], hint: str = "") -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if not _finite(value) or value < 0:
         problems.append(f"{key}: a number of seconds >= 0{hint}, got {value!r}")
         return default
     return float(value)
 
 
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_numbers(raw: dict[str, Any], problems: list[str]) -> None:
+    """Where a config field takes a number, the spec must give a finite number: not a boolean, not a
+    string (`--set` on the command line parses strings; a spec is typed YAML), not .nan or .inf."""
+    import typing
+
+    def check(where: str, field_name: str, value: Any) -> None:
+        if field_name not in FIELD_NAMES:
+            return
+        hint = typing.get_type_hints(TrainConfig)[field_name]
+        kinds = set(typing.get_args(hint)) or {hint}
+        if not kinds & {int, float} or (value is None and type(None) in kinds):
+            return
+        if not _finite(value):
+            problems.append(f"{where}: a finite number, got {value!r}")
+
+    base = raw.get("base")
+    if isinstance(base, dict):
+        for key, value in base.items():
+            check(f"base.{key}", key, value)
+    parameters = raw.get("parameters")
+    for name, body in parameters.items() if isinstance(parameters, dict) else ():
+        if not isinstance(body, dict):
+            continue
+        for key in ("value", "min", "max"):
+            if key in body:
+                check(f"parameters.{name}.{key}", name, body[key])
+        if isinstance(body.get("values"), list):
+            for i, value in enumerate(body["values"]):
+                check(f"parameters.{name}.values[{i}]", name, value)
+
+
 def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
+    _check_numbers(raw, problems)
     for key in raw:
         if key not in TOP_KEYS:
             problems.append(f"{key}: unknown spec key; allowed: {', '.join(TOP_KEYS)}")
@@ -291,10 +411,10 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         if key not in ("cpu", "gpu"):
             problems.append(f"resources.{key}: unknown resource; allowed: cpu, gpu")
     cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
-    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu <= 0:
+    if not _finite(cpu) or cpu <= 0:
         problems.append(f"resources.cpu: a number > 0 (fractions allowed), got {cpu!r}")
         cpu = 1
-    if isinstance(gpu, bool) or not isinstance(gpu, int | float) or gpu < 0:
+    if not _finite(gpu) or gpu < 0:
         problems.append(f"resources.gpu: a number >= 0 (fractions allowed), got {gpu!r}")
         gpu = 0
 
@@ -472,7 +592,7 @@ def _parse_param(name: str, body: dict, method: str, where: str, problems: list[
             problems.append(f"{where}.distribution: {distribution!r} is not allowed; choose one of "
                             f"{', '.join(DISTRIBUTIONS)} (or `values` for categorical)")
             return None
-        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)):
+        if not (_finite(low) and _finite(high)):
             problems.append(f"{where}: {distribution} needs numeric `min` and `max`, got min={low!r} max={high!r}")
             return None
         if not low < high:

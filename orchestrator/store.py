@@ -1,14 +1,18 @@
 """The Parquet result store: the only module that writes result files. Ray-free, torch-free.
 
 Layout under a root (a local path, a file:// URI, or a pyarrow filesystem URI such as s3://bucket/prefix):
-  trials/sweep=<name>/<trial_id>.parquet                one row per trial, replaced atomically while it runs
-  curves/sweep=<name>/<trial_id>/<ns>-part.parquet      long format, one row per (trial_id, step): one file
-  curves/sweep=<name>/<trial_id>/<ns>-zcompact.parquet  per report, merged into one when the trial ends
-  trials/sweep=<name>/<ns>-sweep.parquet                when the sweep ends, `compact_sweep` merges its final
-  curves/sweep=<name>/<ns>-sweep.parquet                trials' rows and curves into one file per table
-  sweeps/<name>/                                        the sweep's own files (spec, tune/, optuna.journal, logs)
+  trials/<name>/<trial_id>.parquet                one row per trial, replaced atomically while it runs
+  curves/<name>/<trial_id>/<ns>-part.parquet      long format, one row per (trial_id, step): one file
+  curves/<name>/<trial_id>/<ns>-zcompact.parquet  per report, merged into one when the trial ends
+  trials/<name>/<ns>-sweep.parquet                when the sweep ends, `compact_sweep` merges its final
+  curves/<name>/<ns>-sweep.parquet                trials' rows and curves into one file per table
+  sweeps/<name>/                                  the sweep's own files (spec, tune/, optuna.journal, logs)
+  .staging/                                       files being written, renamed into place when whole
 <ns> is the write time in nanoseconds (20 digits): files sort in write order, and readers keep the latest
-row of each key.
+row of each key. The sweep folders are plain names, not Hive `sweep=<name>` partitions: the `sweep` column
+in every file is then the only `sweep` a reader sees, a string in every tool (a Hive folder clashed with it
+in pandas and pyarrow, and Hive type inference turns a name like `2024` into a number). Roots written
+before 0.2 (`sweep=<name>` folders, older schemas) still read; `migrate` brings them up to date.
 
 Every column's dtype is fixed once (TRIAL_SCHEMA, CURVE_SCHEMA; documented in results/README.md). Readers
 scan with that schema, so a column added later reads as null in old files instead of failing the scan, and
@@ -24,13 +28,18 @@ import io
 import os
 import re
 import socket
+import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -72,6 +81,8 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "optuna_trial": pl.Int64,
     "pack_size": pl.Int64,
     "batched": pl.Boolean,
+    "spec_hash": pl.String,
+    "source_revision": pl.String,
     "budget_history": pl.List(pl.Int64),  # an extended job's budgets (max_steps), oldest first; else null
     "extended_from_steps": pl.Int64,  # an extended job's steps_run before its last extension; else null
 }
@@ -120,15 +131,34 @@ def sweep_dir(root: Root, name: str) -> str:
     return ResultsRoot.of(root).uri_of("sweeps", check_name("sweep", name))
 
 
-def _write_parquet(fs: pafs.FileSystem, path: str, frame: pl.DataFrame) -> None:
-    """Write so that readers never see a partial file: temp file + rename locally (atomic on POSIX);
-    object stores publish an object only when its upload completes, so write it in place there."""
+LEGACY = "sweep="  # folder prefix before 0.2 (Hive partitions); read, and renamed away by `migrate`
+STAGING = ".staging"  # <root>/.staging: files being written, outside every reader's glob
+
+
+def _table_dir(base: str, table: str, sweep: str) -> str:
+    """<base>/<table>/<sweep>: where a sweep's rows (table "trials") or curves ("curves") are written."""
+    return f"{base}/{table}/{check_name('sweep', sweep)}"
+
+
+def _sweep_files(fs: pafs.FileSystem, base: str, table: str, sweep: str, recursive: bool = True) -> list[str]:
+    """A sweep's files of one table, in write order, including a not yet migrated `sweep=<name>` folder."""
+    files = _parquet_files(fs, _table_dir(base, table, sweep), recursive)
+    legacy = _parquet_files(fs, f"{base}/{table}/{LEGACY}{sweep}", recursive)
+    return sorted(files + legacy, key=_write_order) if legacy else files
+
+
+def _write_parquet(fs: pafs.FileSystem, base: str, path: str, frame: pl.DataFrame) -> None:
+    """Write so that readers never see a partial file: written under <root>/.staging (where no reader's
+    glob of trials/ or curves/ looks; polars' directory scan would trip on a hidden file beside the
+    tables) and renamed into place (atomic on POSIX); object stores publish an object only when its
+    upload completes, so write it in place there."""
     directory, name = path.rsplit("/", 1)
     fs.create_dir(directory, recursive=True)
     buffer = io.BytesIO()
     frame.write_parquet(buffer, statistics=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: listings skip it
+        os.makedirs(f"{base}/{STAGING}", exist_ok=True)
+        temp = f"{base}/{STAGING}/{name}.{uuid.uuid4().hex}.tmp"
         with fs.open_output_stream(temp) as out:
             out.write(buffer.getvalue())
         os.replace(temp, path)
@@ -147,8 +177,8 @@ def _parquet_files(fs: pafs.FileSystem, directory: str, recursive: bool = True) 
 
 def _sweep_names(fs: pafs.FileSystem, directory: str) -> list[str]:
     selector = pafs.FileSelector(directory, recursive=False, allow_not_found=True)
-    return sorted(info.base_name.removeprefix("sweep=") for info in fs.get_file_info(selector)
-                  if info.type == pafs.FileType.Directory and info.base_name.startswith("sweep="))
+    return sorted({info.base_name.removeprefix(LEGACY) for info in fs.get_file_info(selector)
+                   if info.type == pafs.FileType.Directory and not info.base_name.startswith((".", "_"))})
 
 
 def sweeps(root: Root = None) -> list[str]:
@@ -181,6 +211,26 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+@cache
+def source_revision() -> str | None:
+    """The git commit of the checkout groksweep runs from (an editable install), `+dirty` when tracked
+    files differ from it; None for an installed package. Read once per process."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+    return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
 def _config_values(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """Every config field: defaults, then the named preset (if any), then the given values. Not
     validated -- a failed trial's bad config is still recorded as given."""
@@ -199,9 +249,10 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
               final_metrics: dict[str, float] | None = None, device: str | None = None,
               started_at: Any = None, ended_at: Any = None, error: str | None = None,
               optuna_trial: int | None = None, pack_size: int | None = None,
-              batched: bool | None = None, budget_history: list[int] | None = None,
-              extended_from_steps: int | None = None) -> dict[str, Any]:
-    """The full trial row: sweep, trial_id, every config field, status, results, host, library versions.
+              batched: bool | None = None, spec_hash: str | None = None,
+              budget_history: list[int] | None = None, extended_from_steps: int | None = None) -> dict[str, Any]:
+    """The full trial row: sweep, trial_id, every config field, status, results, host, library versions,
+    provenance (`spec_hash`: SweepSpec.spec_hash of the sweep as run; the source revision).
     Timestamps may be datetimes, epoch seconds or ISO strings (stored as UTC)."""
     if status not in STATUSES:
         raise ValueError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
@@ -225,6 +276,8 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
         "optuna_trial": optuna_trial,
         "pack_size": pack_size,
         "batched": batched,
+        "spec_hash": spec_hash,
+        "source_revision": source_revision(),
         "budget_history": budget_history,
         "extended_from_steps": extended_from_steps,
     }
@@ -241,7 +294,7 @@ def strip_ansi(text: str | None) -> str | None:
 
 
 def _trial_path(base: str, sweep: str, trial_id: str) -> str:
-    return f"{base}/trials/sweep={check_name('sweep', sweep)}/{check_name('trial id', trial_id)}.parquet"
+    return f"{_table_dir(base, 'trials', sweep)}/{check_name('trial id', trial_id)}.parquet"
 
 
 def read_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | None:
@@ -268,7 +321,7 @@ def read_trial_status(root: Root, sweep: str, trial_id: str) -> str | None:
 def _compacted_trial_row(root: Root, sweep: str, trial_id: str) -> dict[str, Any] | None:
     """A trial's row in the sweep's compacted trial files (final rows only), or None."""
     fs, base, prefix = _fs(root)
-    files = [f for f in _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
+    files = [f for f in _sweep_files(fs, base, "trials", sweep, recursive=False)
              if _WRITTEN.match(f.rsplit("/", 1)[-1])]
     found = _scan(files, TRIAL_SCHEMA, prefix).filter(pl.col("trial_id") == trial_id).head(1).collect()
     return found.row(0, named=True) if found.height else None
@@ -290,7 +343,7 @@ def write_trial_row(root: Root, row: dict[str, Any], known_not_final: bool = Fal
     if unknown:
         raise ValueError(f"trial row: unknown columns {sorted(unknown)}; build rows with trial_row()")
     frame = pl.DataFrame([{name: row.get(name) for name in TRIAL_SCHEMA}], schema=TRIAL_SCHEMA)
-    _write_parquet(fs, _trial_path(base, row["sweep"], row["trial_id"]), frame)
+    _write_parquet(fs, base, _trial_path(base, row["sweep"], row["trial_id"]), frame)
     return True
 
 
@@ -298,7 +351,7 @@ def mark_interrupted(root: Root, sweep: str) -> list[str]:
     """Rows still `running` become `interrupted`: their writer has stopped (Ctrl-C, a crash, a takeover).
     Call only under the sweep's lease, with no trial of it running. Returns their ids."""
     fs, base, prefix = _fs(root)
-    trial_dir = f"{base}/trials/sweep={check_name('sweep', sweep)}"
+    trial_dir = _table_dir(base, 'trials', sweep)
     files = [f for f in _parquet_files(fs, trial_dir, recursive=False) if not _WRITTEN.match(f.rsplit("/", 1)[-1])]
     if not files:
         return []
@@ -312,14 +365,14 @@ def mark_interrupted(root: Root, sweep: str) -> list[str]:
 def raw_trial_ids(root: Root, sweep: str) -> pl.DataFrame:
     """Every stored trial row's (trial_id, status), not deduplicated: `check` counts rows per job."""
     fs, base, prefix = _fs(root)
-    files = _parquet_files(fs, f"{base}/trials/sweep={check_name('sweep', sweep)}", recursive=False)
+    files = _sweep_files(fs, base, "trials", sweep, recursive=False)
     return _scan(files, TRIAL_SCHEMA, prefix).select("trial_id", "status").collect()
 
 
 def raw_curve_duplicates(root: Root, sweep: str) -> pl.DataFrame:
     """(trial_id, step, copies) of every curve key stored more than once, before deduplication."""
     fs, base, prefix = _fs(root)
-    files = _parquet_files(fs, f"{base}/curves/sweep={check_name('sweep', sweep)}")
+    files = _sweep_files(fs, base, "curves", sweep)
     return (_scan(files, CURVE_SCHEMA, prefix).group_by("trial_id", "step").agg(pl.len().alias("copies"))
             .filter(pl.col("copies") > 1).sort("trial_id", "step").collect())
 
@@ -328,7 +381,7 @@ def rewrite_sweep_tables(root: Root, sweep: str) -> None:
     """Rewrite a sweep's tables without duplicate rows (repair): every job's curve compacted, then the
     finished jobs merged, and the remaining per-job row files rewritten from their deduplicated rows."""
     fs, base, prefix = _fs(root)
-    curve_dir = f"{base}/curves/sweep={check_name('sweep', sweep)}"
+    curve_dir = _table_dir(base, 'curves', sweep)
     selector = pafs.FileSelector(curve_dir, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.Directory:
@@ -340,16 +393,16 @@ def rewrite_sweep_tables(root: Root, sweep: str) -> None:
                                                                   maintain_order=True).sort("trial_id", "step")
                   .collect())
         target = f"{curve_dir}/{time.time_ns():020d}-sweep.parquet"
-        _write_parquet(fs, target, merged)
+        _write_parquet(fs, base, target, merged)
         _delete(fs, curve_files)
-    trial_dir = f"{base}/trials/sweep={sweep}"
+    trial_dir = _table_dir(base, 'trials', sweep)
     files = _parquet_files(fs, trial_dir, recursive=False)
     sweep_files = [f for f in files if _WRITTEN.match(f.rsplit("/", 1)[-1])]
     if len(sweep_files) > 1:
         merged = (_scan(sweep_files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last",
                                                                   maintain_order=True).sort("trial_id").collect())
         target = f"{trial_dir}/{time.time_ns():020d}-sweep.parquet"
-        _write_parquet(fs, target, merged)
+        _write_parquet(fs, base, target, merged)
         _delete(fs, sweep_files)
 
 
@@ -358,13 +411,13 @@ def replace_trial_row(root: Root, row: dict[str, Any]) -> None:
     (`check --repair`), where the curve is the truth. The row moves out of any compacted file."""
     fs, base, prefix = _fs(root)
     write_trial_row(root, row, known_not_final=True)
-    trial_dir = f"{base}/trials/sweep={check_name('sweep', row['sweep'])}"
+    trial_dir = _table_dir(base, 'trials', row['sweep'])
     for path in [f for f in _parquet_files(fs, trial_dir, recursive=False) if _WRITTEN.match(f.rsplit("/", 1)[-1])]:
         frame = _scan([path], TRIAL_SCHEMA, prefix).collect()
         if row["trial_id"] in frame["trial_id"].to_list():
             rest = frame.filter(pl.col("trial_id") != row["trial_id"])
             if rest.height:
-                _write_parquet(fs, path, rest)  # same name: its place in write order is kept
+                _write_parquet(fs, base, path, rest)  # same name: its place in write order is kept
             else:
                 _delete(fs, [path])
 
@@ -408,7 +461,8 @@ def remove_sweep(root: Root, sweep: str, keep_lease: bool = True) -> None:
     lease: its lease files stay until it releases them (`keep_lease`)."""
     fs, base, _ = _fs(root)
     check_name("sweep", sweep)
-    for path in (f"{base}/trials/sweep={sweep}", f"{base}/curves/sweep={sweep}"):
+    for path in (_table_dir(base, "trials", sweep), _table_dir(base, "curves", sweep),
+                 f"{base}/trials/{LEGACY}{sweep}", f"{base}/curves/{LEGACY}{sweep}"):
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             fs.delete_dir(path)
     own = f"{base}/sweeps/{sweep}"
@@ -534,7 +588,7 @@ def delete_checkpoint(root: Root, sweep: str, trial_id: str) -> None:
 # --- curves ---
 
 def _curve_dir(base: str, sweep: str, trial_id: str) -> str:
-    return f"{base}/curves/sweep={check_name('sweep', sweep)}/{check_name('trial id', trial_id)}"
+    return f"{_table_dir(base, 'curves', sweep)}/{check_name('trial id', trial_id)}"
 
 
 def _curve_frame(sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -563,7 +617,7 @@ def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame
     frame = (frame.select(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
                           for name, dtype in CURVE_SCHEMA.items())
              .unique(subset="step", keep="last", maintain_order=True))
-    _write_parquet(fs, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
+    _write_parquet(fs, base, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
 
 
 def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
@@ -579,7 +633,7 @@ def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
     merged = (_scan(files, CURVE_SCHEMA, prefix).unique(subset="step", keep="last", maintain_order=True)
               .sort("step").collect())
     newest = files[-1].rsplit("/", 1)[1].split("-", 1)[0]
-    _write_parquet(fs, f"{directory}/{newest}-zcompact.parquet", merged)
+    _write_parquet(fs, base, f"{directory}/{newest}-zcompact.parquet", merged)
     for path in files:
         if not path.endswith(f"/{newest}-zcompact.parquet"):
             fs.delete_file(path)
@@ -596,7 +650,7 @@ def replace_curve(root: Root, sweep: str, trial_id: str, rows: list[dict[str, An
     for path in _parquet_files(fs, _curve_dir(base, sweep, trial_id)):
         frame = _scan([path], CURVE_SCHEMA, prefix).collect()
         if not frame["step"].is_in(steps).all():
-            _write_parquet(fs, path, frame.filter(pl.col("step").is_in(steps)))
+            _write_parquet(fs, base, path, frame.filter(pl.col("step").is_in(steps)))
 
 
 def uncompact(root: Root, sweep: str, trial_ids: set[str]) -> int:
@@ -609,7 +663,7 @@ def uncompact(root: Root, sweep: str, trial_ids: set[str]) -> int:
     wanted = sorted(trial_ids)
     moved = 0
     for table, schema in (("curves", CURVE_SCHEMA), ("trials", TRIAL_SCHEMA)):  # curves first, as compact_sweep
-        directory = f"{base}/{table}/sweep={check_name('sweep', sweep)}"
+        directory = _table_dir(base, table, sweep)
         for path in [f for f in _parquet_files(fs, directory, recursive=False) if _WRITTEN.match(f.rsplit("/", 1)[-1])]:
             frame = _scan([path], schema, prefix).collect()
             leaving = frame.filter(pl.col("trial_id").is_in(wanted))
@@ -619,11 +673,11 @@ def uncompact(root: Root, sweep: str, trial_ids: set[str]) -> int:
                 if table == "curves":
                     write_curve_frame(root, sweep, trial_id, part)
                 else:
-                    _write_parquet(fs, _trial_path(base, sweep, trial_id), part.head(1))
+                    _write_parquet(fs, base, _trial_path(base, sweep, trial_id), part.head(1))
                     moved += 1
             rest = frame.filter(~pl.col("trial_id").is_in(wanted))
             if rest.height:
-                _write_parquet(fs, path, rest)  # same name: its place in write order is kept
+                _write_parquet(fs, base, path, rest)  # same name: its place in write order is kept
             else:
                 _delete(fs, [path])
     return moved
@@ -634,8 +688,8 @@ def compact_sweep(root: Root, sweep: str) -> None:
     file, so reading a 10,000-trial sweep opens two files, not 20,000. Trials still running or failed keep
     their own files. Safe to repeat and to run beside readers (they deduplicate while both copies exist)."""
     fs, base, prefix = _fs(root)
-    trial_dir = f"{base}/trials/sweep={check_name('sweep', sweep)}"
-    curve_dir = f"{base}/curves/sweep={sweep}"
+    trial_dir = _table_dir(base, 'trials', sweep)
+    curve_dir = _table_dir(base, 'curves', sweep)
     trial_files = _parquet_files(fs, trial_dir, recursive=False)
     rows = _scan(trial_files, TRIAL_SCHEMA, prefix).unique(subset=list(TRIAL_KEY), keep="last").collect()
     final = rows.filter(pl.col("status").is_in(list(FINAL))).sort("trial_id")
@@ -655,12 +709,12 @@ def compact_sweep(root: Root, sweep: str) -> None:
                          .sort("trial_id", "step").collect())
         newest = max(_write_order(f)[0] for f in curve_files) or f"{time.time_ns():020d}"
         target = f"{curve_dir}/{newest}-sweep.parquet"
-        _write_parquet(fs, target, curves_merged)
+        _write_parquet(fs, base, target, curves_merged)
         _delete(fs, [f for f in curve_files if f != target])
         for trial_id in final_ids:
             _delete_empty_dir(fs, f"{curve_dir}/{trial_id}")
     target = f"{trial_dir}/{time.time_ns():020d}-sweep.parquet"
-    _write_parquet(fs, target, final)
+    _write_parquet(fs, base, target, final)
     _delete(fs, [f for f in trial_files if f != target and merged(f, trial_dir)])
 
 
@@ -681,6 +735,151 @@ def _delete_empty_dir(fs: pafs.FileSystem, path: str) -> None:
         pass
 
 
+# --- corrupt files: one line naming the file, or skipped with a warning (--skip-corrupt) ---
+
+class CorruptFile(UserError):
+    """A file under trials/ or curves/ that is not readable Parquet (truncated, empty, something else)."""
+
+
+_SKIP_CORRUPT: ContextVar[Callable[[str], None] | None] = ContextVar("skip_corrupt", default=None)
+_SKIPPED: ContextVar[set[str] | None] = ContextVar("skipped", default=None)
+
+
+@contextmanager
+def skipping_corrupt(warn: Callable[[str], None]) -> Iterator[None]:
+    """Within this block readers leave out unreadable files, calling `warn` once per file with its line."""
+    token, seen = _SKIP_CORRUPT.set(warn), _SKIPPED.set(set())
+    try:
+        yield
+    finally:
+        _SKIP_CORRUPT.reset(token)
+        _SKIPPED.reset(seen)
+
+
+def _unreadable(fs: pafs.FileSystem, path: str, full: bool = False) -> str | None:
+    """Why `path` is not readable Parquet (its footer; with `full`, every page too), or None."""
+    try:
+        with fs.open_input_file(path) as source:
+            if full:
+                pq.read_table(source)
+            else:
+                pq.read_metadata(source)
+    except FileNotFoundError:
+        return None  # removed by a compaction meanwhile: not corrupt
+    except (OSError, pa.ArrowException, ValueError) as error:
+        return _one_line(error)[:120]
+    return None
+
+
+def corrupt_message(path: str, reason: str) -> str:
+    return (f"{path}: not a readable Parquet file ({reason}); move it out of the results root (or restore it), "
+            "or pass --skip-corrupt to read without it")
+
+
+def find_corrupt(root: Root) -> str | None:
+    """The one-line message for the first unreadable file under trials/ and curves/, or None. Called after
+    a read failed: footers first (truncated, empty, not Parquet), then whole files."""
+    fs, base, _ = _fs(root)
+    files = _parquet_files(fs, f"{base}/trials") + _parquet_files(fs, f"{base}/curves")
+    for full in (False, True):
+        for path in files:
+            reason = _unreadable(fs, path, full)
+            if reason is not None:
+                return corrupt_message(path, reason)
+    return None
+
+
+def _readable(files: list[str], fs: pafs.FileSystem) -> list[str]:
+    """`files` without the unreadable ones when --skip-corrupt is on (each named once by a warning)."""
+    warn = _SKIP_CORRUPT.get()
+    if warn is None:
+        return files
+    kept, seen = [], _SKIPPED.get()
+    for path in files:
+        reason = _unreadable(fs, path)
+        if reason is None:
+            kept.append(path)
+        elif seen is not None and path not in seen:
+            seen.add(path)
+            warn(f"skipped {path}: not a readable Parquet file ({reason})")
+    return kept
+
+
+# --- migration: every file carries the current schema, in the current layout ---
+
+SCHEMA_MARK = ".groksweep-schema"  # <root>/.groksweep-schema: the schema fingerprint the root was migrated to
+
+
+@cache
+def _arrow_schema(table: str) -> pa.Schema:
+    """The Arrow schema polars writes for a table (what every file must carry)."""
+    buffer = io.BytesIO()
+    pl.DataFrame(schema=TRIAL_SCHEMA if table == "trials" else CURVE_SCHEMA).write_parquet(buffer)
+    buffer.seek(0)
+    return pq.read_schema(buffer).remove_metadata()
+
+
+def schema_fingerprint() -> str:
+    import hashlib
+
+    text = f"{_arrow_schema('trials')}|{_arrow_schema('curves')}|layout-2"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def root_migrated(root: Root) -> bool:
+    """True when the root's mark says it was migrated to this schema (or it holds no tables at all)."""
+    fs, base, _ = _fs(root)
+    try:
+        with fs.open_input_stream(f"{base}/{SCHEMA_MARK}") as f:
+            return f.read().decode().strip() == schema_fingerprint()
+    except (FileNotFoundError, OSError):
+        return not sweeps(root)
+
+
+def mark_migrated(root: Root) -> None:
+    where = ResultsRoot.of(root)
+    fs = where.fs
+    fs.create_dir(where.base, recursive=True)
+    with fs.open_output_stream(f"{where.base}/{SCHEMA_MARK}") as out:
+        out.write(schema_fingerprint().encode())
+
+
+def migrate_sweep(root: Root, sweep: str, spec_hash: str | None = None) -> list[str]:
+    """Bring one sweep's files to the current layout and schema (call under its lease): a `sweep=<name>`
+    folder is renamed to `<name>`, and each file whose schema is not the current one is rewritten with
+    it (atomically, under the same name: its place in write order stays); old rows get `spec_hash` when
+    given. Returns the paths rewritten or moved. An unreadable file stops it with CorruptFile."""
+    fs, base, prefix = _fs(root)
+    changed = []
+    for table in ("trials", "curves"):
+        legacy, target = f"{base}/{table}/{LEGACY}{sweep}", _table_dir(base, table, sweep)
+        if fs.get_file_info(legacy).type == pafs.FileType.Directory:
+            if fs.get_file_info(target).type == pafs.FileType.NotFound:
+                fs.move(legacy, target)
+            else:  # both (an older groksweep wrote after a partial migration): move file by file
+                for path in _parquet_files(fs, legacy):
+                    moved = target + path[len(legacy):]
+                    fs.create_dir(moved.rsplit("/", 1)[0], recursive=True)
+                    fs.move(path, moved)
+                fs.delete_dir(legacy)
+            changed.append(target)
+        schema = TRIAL_SCHEMA if table == "trials" else CURVE_SCHEMA
+        for path in _parquet_files(fs, target):
+            try:
+                with fs.open_input_file(path) as source:
+                    current = pq.read_schema(source).remove_metadata()
+            except (OSError, pa.ArrowException) as error:
+                raise CorruptFile(corrupt_message(path, _one_line(error)[:120])) from None
+            if current.equals(_arrow_schema(table)):
+                continue
+            frame = _scan([path], schema, prefix).collect()
+            if table == "trials" and spec_hash is not None:
+                frame = frame.with_columns(pl.col("spec_hash").fill_null(spec_hash))
+            _write_parquet(fs, base, path, frame)
+            changed.append(path)
+    return changed
+
+
 # --- readers ---
 
 _WIDEN = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast", datetime_cast=["nanosecond-downcast",
@@ -688,6 +887,8 @@ _WIDEN = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast", datetime
 
 
 def _scan(files: list[str], schema: dict[str, pl.DataType], prefix: str | None) -> pl.LazyFrame:
+    if files and _SKIP_CORRUPT.get() is not None:
+        files = _readable(files, ResultsRoot.of(files[0] if prefix is None else prefix + files[0]).fs)
     if not files:
         return pl.LazyFrame(schema=schema)
     sources = files if prefix is None else [prefix + path for path in files]
@@ -707,7 +908,7 @@ def _table_files(root: Root, table: str, names: list[str] | None) -> tuple[list[
             shown = ", ".join(known) if known else "none"
             raise UserError(f"unknown sweep {name!r} under {root if root is not None else default_root()} "
                             f"(known: {shown})")
-    return [f for name in names for f in _parquet_files(fs, f"{base}/{table}/sweep={name}")], prefix
+    return [f for name in names for f in _sweep_files(fs, base, table, name)], prefix
 
 
 def trials(root: Root = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
@@ -721,7 +922,7 @@ def curves(root: Root = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
     """All curve rows (deduplicated on sweep, trial_id, step; latest write wins), with the documented
     dtypes. Files are scanned in write order, so `keep="last"` keeps the newest value of a step."""
     files, prefix = _table_files(root, "curves", sweeps)
-    clean, mixed, suspect_trials, suspect_sweeps = _split_by_overlap(files)
+    clean, mixed, suspect_trials, suspect_sweeps = _split_by_overlap(files, f"{_fs(root)[1]}/curves")
     if not mixed:
         return _scan(clean, CURVE_SCHEMA, prefix)
     suspect = (pl.concat_str("sweep", pl.lit("/"), "trial_id").is_in(sorted(suspect_trials))
@@ -734,7 +935,7 @@ def curves(root: Root = None, sweeps: list[str] | None = None) -> pl.LazyFrame:
     ])
 
 
-def _split_by_overlap(files: list[str]) -> tuple[list[str], list[str], set[str], set[str]]:
+def _split_by_overlap(files: list[str], table_dir: str) -> tuple[list[str], list[str], set[str], set[str]]:
     """Deduplicating 10M rows costs 3x the memory and 8x the time of reading them, so deduplicate only the
     trials that can have a step in two files: several files in its folder, or a folder beside a sweep-level
     file (plus every trial of a sweep with two sweep-level files, left by concurrent compactions).
@@ -743,13 +944,12 @@ def _split_by_overlap(files: list[str]) -> tuple[list[str], list[str], set[str],
     per_trial: dict[tuple[str, str], list[str]] = {}
     per_sweep: dict[str, list[str]] = {}
     for path in files:
-        parts = path.split("/")
-        at = max(i for i, part in enumerate(parts) if part.startswith("sweep="))
-        sweep = parts[at].removeprefix("sweep=")
-        if len(parts) - at == 2:
+        parts = path[len(table_dir) + 1:].split("/")
+        sweep = parts[0].removeprefix(LEGACY)
+        if len(parts) == 2:
             per_sweep.setdefault(sweep, []).append(path)
         else:
-            per_trial.setdefault((sweep, parts[at + 1]), []).append(path)
+            per_trial.setdefault((sweep, parts[1]), []).append(path)
     suspect_sweeps = {sweep for sweep, paths in per_sweep.items() if len(paths) > 1}
     suspect_trials = {f"{sweep}/{trial}" for (sweep, trial), paths in per_trial.items()
                       if len(paths) > 1 or sweep in per_sweep}
@@ -795,6 +995,9 @@ def query(sql: str, root: Root = None) -> pl.DataFrame:
     try:
         return collect(build)
     except pl.exceptions.PolarsError as error:
+        corrupt = find_corrupt(root)
+        if corrupt is not None:
+            raise CorruptFile(corrupt) from None
         raise UserError(f"query: {_one_line(error)}") from None
     except (ValueError, TypeError) as error:  # polars raises some SQL parse errors as plain Python errors
         if isinstance(error, UserError):

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from orchestrator import UserError, budgets, lease, reconcile, store, tune_stora
 from orchestrator.jobs import make_packs, pack_sizes
 from orchestrator.results_root import ResultsRoot
 from orchestrator.runtime import RaySession, ray_session
-from orchestrator.spec import SweepSpec, load_spec, parse_spec
+from orchestrator.spec import SweepSpec, load_spec, load_yaml, parse_spec
 
 SPEC_FILE, META_FILE, TUNE_DIR = "spec.yaml", "sweep.json", "tune"
 JOURNAL_FILE = reconcile.JOURNAL_FILE
@@ -75,9 +76,7 @@ def sweep_exists(root: str, name: str) -> bool:
 
 
 def load_spec_text(text: str, name: str | None = None) -> SweepSpec:
-    import yaml
-
-    raw = yaml.safe_load(text)
+    raw = load_yaml(text)
     if not isinstance(raw, dict):
         raise UserError("a sweep spec is a YAML mapping (name, base, method, parameters, ...)")
     return parse_spec(raw if name is None else {**raw, "name": name})
@@ -95,6 +94,78 @@ def load_sweep_spec(root: str, name: str) -> SweepSpec:
 
 def list_sweep_names(root: str) -> list[str]:
     return sorted(set(store.sweep_folders(root)) | set(store.sweeps(root)))
+
+
+def refuse_untrusted(root: str, name: str) -> None:
+    """`resume` restores and runs what the sweep's folder holds (Tune's restore unpickles code), and
+    `check --repair` / `rm` rewrite or delete it: refuse a sweep whose files or folders are not this
+    user's, are group- or world-writable, or resolve (through a link) outside the results root, and the
+    folders above them when another user could swap them. Local roots only (object stores have no owner
+    bits)."""
+    where = ResultsRoot.of(root)
+    if where.remote:
+        return
+    base = os.path.realpath(where.base)
+    uid = os.geteuid()
+
+    def refuse(path: str, why: str, fix: str) -> None:
+        raise UserError(f"sweep {name!r}: {path} {why}; refusing to act on files another user could have "
+                        f"written ({fix})")
+
+    def check(path: str, info: os.stat_result) -> None:
+        if stat.S_ISLNK(info.st_mode):
+            real = os.path.realpath(path)
+            if real != base and not real.startswith(base + os.sep):
+                refuse(path, f"resolves outside the results root (to {real})", "replace the link by the files")
+            info = os.stat(path)
+        if info.st_uid != uid:
+            refuse(path, f"belongs to uid {info.st_uid}, not to you (uid {uid})", "copy what you trust into a "
+                   "root of your own")
+        if info.st_mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX):
+            refuse(path, f"is group- or world-writable (mode {stat.S_IMODE(info.st_mode):o})",
+                   f"if you trust it: chmod -R go-w {path}")
+
+    for folder in (base, *(f"{base}/{part}" for part in ("sweeps", "trials", "curves"))):
+        if os.path.lexists(folder):
+            check(folder, os.lstat(folder))
+    for top in (f"{base}/sweeps/{name}", f"{base}/trials/{name}", f"{base}/curves/{name}",
+                f"{base}/trials/{store.LEGACY}{name}", f"{base}/curves/{store.LEGACY}{name}"):
+        if not os.path.lexists(top):
+            continue
+        check(top, os.lstat(top))
+        for directory, folders, files in os.walk(top):
+            for entry in (*folders, *files):
+                path = os.path.join(directory, entry)
+                check(path, os.lstat(path))
+
+
+def migrate_root(results: str | Path | None = None, notice: Any = None) -> list[str]:
+    """Bring every sweep under the root to the current layout and schema (store.migrate_sweep), each
+    under its own lease, then mark the root migrated. A sweep another live process writes is skipped
+    (with a notice; the root stays unmarked, so the next writer tries again). Returns what changed."""
+    root = resolve_root(results)
+    changed: list[str] = []
+    complete = True
+    for name in store.sweeps(root):
+        try:
+            spec_hash = load_sweep_spec(root, name).spec_hash
+        except UserError:  # rows written by `train --results`, or a spec this version cannot read
+            spec_hash = None
+        try:
+            with lease.acquire(lease_dir(root, name), f"migrate {name}", name=name, notice=notice):
+                changed += store.migrate_sweep(root, name, spec_hash)
+        except lease.LeaseHeld as held:
+            (notice or print)(f"migrate: skipped sweep {name!r}: {held}")
+            complete = False
+    if complete:
+        store.mark_migrated(root)
+    return changed
+
+
+def ensure_migrated(root: str, notice: Any = None) -> None:
+    """Before a command writes: migrate the root if its mark says it is not at the current schema."""
+    if not store.root_migrated(root):
+        migrate_root(root, notice)
 
 
 def refuse_existing(root: str, name: str, overwrite: bool) -> bool:
@@ -130,7 +201,9 @@ def run_sweep(spec: SweepSpec | str | Path, results: str | Path | None = None, a
     or the Ray already initialised in this process)."""
     root = resolve_root(results)
     spec, spec_text = _spec_and_text(spec, name)
-    refuse_existing(root, spec.name, overwrite)
+    if refuse_existing(root, spec.name, overwrite):
+        refuse_untrusted(root, spec.name)
+    ensure_migrated(root, notice)
     written = False
     try:
         with lease.acquire(lease_dir(root, spec.name), f"sweep {spec.name}", name=spec.name, notice=notice) as held:
@@ -176,6 +249,8 @@ def resume_sweep(name: str, results: str | Path | None = None, address: str | No
     """Run what the sweep still owes (reconcile.plan). A complete sweep returns at once, without Ray."""
     root = resolve_root(results)
     spec = load_sweep_spec(root, name)
+    refuse_untrusted(root, name)
+    ensure_migrated(root, notice)
     with lease.acquire(lease_dir(root, name), f"resume {name}", name=name, notice=notice) as held:
         store.mark_interrupted(root, name)  # rows a dead writer left running
         tune_storage.remove_leftovers(store.sweep_dir(root, name))  # Tune's half-written records, if any
@@ -334,7 +409,9 @@ def extend_sweep(name: str, max_steps: int, where: str | None = None, rerun_miss
     checkpoint rerun from step 0 with `rerun_missing`, else they are left (Selection.missing)."""
     root = resolve_root(results)
     spec = load_sweep_spec(root, name)
+    refuse_untrusted(root, name)  # what runs is read from the sweep's folder, as for `resume`
     budgets.select(root, spec, max_steps, where, rerun_missing)  # refusals before the lease: nothing written
+    ensure_migrated(root, notice)
     with lease.acquire(lease_dir(root, name), f"extend {name}", name=name, notice=notice) as held:
         selection = budgets.select(root, spec, max_steps, where, rerun_missing)  # again, as the only writer
         if selection.to_run:
@@ -356,6 +433,7 @@ def remove_sweep(name: str, results: str | Path | None = None, notice: Any = Non
     store.check_name("sweep", name)
     if name not in list_sweep_names(root):
         raise UserError(f"no sweep named {name!r} under {root}")
+    refuse_untrusted(root, name)
     directory = lease_dir(root, name)
     with lease.acquire(directory, f"rm {name}", name=name, notice=notice) as held:
         store.remove_sweep(root, name)
@@ -374,9 +452,12 @@ def check_sweep(name: str, results: str | Path | None = None, repair: bool = Fal
     training and check again. Returns (the report after any repair, what was repaired)."""
     root = resolve_root(results)
     spec = load_sweep_spec(root, name)
+    if repair:
+        refuse_untrusted(root, name)
     report = reconcile.check(root, spec)
     if not repair or report.ok:
         return report, []
+    ensure_migrated(root, notice)
     with lease.acquire(lease_dir(root, name), f"check --repair {name}", name=name, notice=notice):
         done = reconcile.repair(root, spec, reconcile.check(root, spec, holding_lease=True))
     return reconcile.check(root, spec), done  # checked again once no writer holds it

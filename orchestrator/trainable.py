@@ -134,7 +134,8 @@ def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dic
     where = store.ResultsRoot.of(root)
     config = train_config(spec, job)
     started = time.time()
-    common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False}
+    common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False,
+              "spec_hash": pack.spec.spec_hash}
     extending = job.max_steps is not None and stored is not None
     shown_running = False  # the `running` row is written at the job's first batch: a job shorter than
     #                        report_every_s goes straight to its final row (one row write instead of two)

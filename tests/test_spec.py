@@ -109,7 +109,7 @@ BAD = {
     "max_concurrent": 0,
 }
 BAD_KEYS = ("name:", "surprise:", "base.wdecay:", "base.seed:", "metric.name:", "metric.goal:", "parameters.seed:",
-            "parameters.lr:", "parameters.width:", "parameters.nonsense:", "seeds:", "resources.cpu:",
+            "parameters.lr:", "parameters.width.values[0]:", "parameters.nonsense:", "seeds:", "resources.cpu:",
             "resources.tpu:", "max_concurrent:", "num_samples:")
 
 

@@ -75,7 +75,7 @@ def test_final_row_is_never_overwritten(tmp_path):
     # a failed trial is not final: a retry may replace it
     assert store.write_trial_row(tmp_path, store.trial_row("s", "t1", {}, store.FAILED, error="oom"))
     assert store.write_trial_row(tmp_path, store.trial_row("s", "t1", {}, store.COMPLETED))
-    files = [p.name for p in (tmp_path / "trials" / "sweep=s").iterdir()]
+    files = [p.name for p in (tmp_path / "trials" / "s").iterdir()]
     assert sorted(files) == ["t0.parquet", "t1.parquet"]  # no temp files left behind
 
 
@@ -111,7 +111,7 @@ def test_curves_are_deduplicated_latest_write_wins_and_compacted(tmp_path):
     before = store.curves(tmp_path).filter(pl.col("trial_id") == "t0").sort("step").collect()
     assert _steps(before) == expected
     store.compact_curves(tmp_path, "s", "t0")
-    folder = tmp_path / "curves" / "sweep=s" / "t0"
+    folder = tmp_path / "curves" / "s" / "t0"
     assert [p.name.endswith("-zcompact.parquet") for p in folder.iterdir()] == [True]
     after = store.curves(tmp_path).sort("trial_id", "step").collect()
     assert _steps(after.filter(pl.col("trial_id") == "t0")) == expected
@@ -133,9 +133,9 @@ def test_compact_sweep_merges_final_trials_into_one_file_per_table(tmp_path):
     before_trials = store.trials(tmp_path).sort("trial_id").collect()
     before_curves = store.curves(tmp_path).sort("trial_id", "step").collect()
     store.compact_sweep(tmp_path, "s")
-    trial_files = sorted(p.name for p in (tmp_path / "trials" / "sweep=s").iterdir())
+    trial_files = sorted(p.name for p in (tmp_path / "trials" / "s").iterdir())
     assert len(trial_files) == 2 and trial_files[0].endswith("-sweep.parquet") and trial_files[1] == "t5.parquet"
-    curve_entries = sorted(p.name for p in (tmp_path / "curves" / "sweep=s").iterdir())
+    curve_entries = sorted(p.name for p in (tmp_path / "curves" / "s").iterdir())
     assert len(curve_entries) == 2 and curve_entries[0].endswith("-sweep.parquet") and curve_entries[1] == "t5"
     assert store.trials(tmp_path).sort("trial_id").collect().equals(before_trials)
     assert store.curves(tmp_path).sort("trial_id", "step").collect().equals(before_curves)
@@ -144,14 +144,14 @@ def test_compact_sweep_merges_final_trials_into_one_file_per_table(tmp_path):
     assert store.write_trial_row(tmp_path, store.trial_row("s", "t5", {"seed": 5}, store.COMPLETED, steps_run=20))
     store.write_curve_rows(tmp_path, "s", "t0", [{"step": 20, "val_acc": 0.5}])  # a re-sent step after compaction
     store.compact_sweep(tmp_path, "s")
-    assert len(list((tmp_path / "trials" / "sweep=s").iterdir())) == 1
-    assert len(list((tmp_path / "curves" / "sweep=s").iterdir())) == 1
+    assert len(list((tmp_path / "trials" / "s").iterdir())) == 1
+    assert len(list((tmp_path / "curves" / "s").iterdir())) == 1
     trials = store.trials(tmp_path).collect()
     assert trials.height == 6 and set(trials["status"]) == {store.COMPLETED}
     curves = store.curves(tmp_path).collect()
     assert curves.height == 12 and _steps(curves.filter(pl.col("trial_id") == "t0"))[20] == 0.5
     # two concurrent compactions can leave two sweep-level copies for a moment: still no duplicate
-    (sweep_file,) = (tmp_path / "curves" / "sweep=s").iterdir()
+    (sweep_file,) = (tmp_path / "curves" / "s").iterdir()
     (sweep_file.parent / "00000000000000000001-sweep.parquet").write_bytes(sweep_file.read_bytes())
     assert store.curves(tmp_path).collect().height == 12
     with pytest.raises(UserError, match="reserved"):
