@@ -18,6 +18,7 @@ Run (it takes the team's CPU lock, /tmp/groksweep-cpu.lock, itself):
 
     .venv/bin/python benchmarks/budget.py                # ~5 minutes on 2 cores
     .venv/bin/python benchmarks/budget.py --gromov       # the gromov-shaped study (~20 minutes)
+    .venv/bin/python benchmarks/budget.py --train-on     # grokked jobs train on to their budget
 """
 
 from __future__ import annotations
@@ -78,8 +79,12 @@ def trial_steps(root: Path, name: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gromov", action="store_true", help="the gromov-shaped study (~20 minutes)")
+    parser.add_argument("--train-on", action="store_true", help="stop_on_generalize: false (jobs that grok train "
+                        "on to their budget, as when the post-jump dynamics are studied)")
     args = parser.parse_args()
-    study = STUDIES["gromov" if args.gromov else "tiny"]
+    study = dict(STUDIES["gromov" if args.gromov else "tiny"])
+    if args.train_on:
+        study["base"] = {**study["base"], "stop_on_generalize": False}
     small, large = study["small"], study["large"]
     root = Path(tempfile.mkdtemp(prefix="groksweep-budget-"))
     with open("/tmp/groksweep-cpu.lock", "w") as lock:
@@ -123,7 +128,8 @@ def main() -> None:
         return f"{value:.0f}" if value is not None else f"> {limit}"
 
     print(f"\nstudy: {'gromov p=59 width 256' if args.gromov else 'tiny (p=31)'}, {len(cells)} cells x "
-          f"{len(SEEDS)} seeds; budgets {small} and {large}\n")
+          f"{len(SEEDS)} seeds; budgets {small} and {large}; stop_on_generalize "
+          f"{'off' if args.train_on else 'on'}\n")
     print(f"{'train_fraction':>14} {'weight_decay':>12} | {'(a) fixed small':>15} {'(b) fixed large':>15} "
           f"{'(c) budget':>12} {'(d) rerun x2':>13} | (c) budget reached")
     agree, a_misses = True, 0
