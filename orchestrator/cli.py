@@ -628,6 +628,26 @@ def plot(
     typer.echo(str(path))
 
 
+@app.command(rich_help_panel="Results")
+@user_errors
+def report(
+    names: Annotated[list[str], typer.Argument(help="Sweep name(s), drawn together.", metavar="NAME...")],
+    output: Annotated[str | None, typer.Option("--output", help="HTML path (default NAME-report.html).")] = None,
+    color_by: Annotated[str | None, typer.Option("--color-by", help="Trial column that colours the curves and "
+                                                 "groups the survival curves (default: the first swept one).")] = None,
+    results: ResultsOpt = None,
+) -> None:
+    """A self-contained HTML page of the sweep(s) that opens offline: spec and summary, learning curves,
+    Kaplan-Meier survival, scaling study, phase diagram, parallel coordinates, ranked configurations,
+    Optuna importances and progress measures. Prints the path it wrote.
+
+    Example: groksweep report wd-study --output wd-study.html
+    """
+    from orchestrator.report import write_report
+
+    typer.echo(str(write_report(names, output, results, color_by)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
