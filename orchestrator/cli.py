@@ -539,6 +539,9 @@ def study(
     format: FormatOpt = "table",
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the exponent CI.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    bins: Annotated[int | None, typer.Option("--bins", help="Bin a continuous x (random/Optuna sweeps) into N "
+                                             "quantile bins, edges in x_low/x_high; default: chosen from the "
+                                             "data for such an x, none for grids; 0: never.")] = None,
     results: ResultsOpt = None,
 ) -> None:
     """Kaplan-Meier median time-to-grok per x (censored trials count), and a power-law fit against x.
@@ -552,9 +555,10 @@ def study(
     check_format(format, ("table", "json"))
     if bootstrap < 1:
         fail(f"--bootstrap: must be >= 1, got {bootstrap}")
-    result = studies.study(names, x=x, by=by, metric=metric, root=results, n_boot=bootstrap, seed=seed)
+    result = studies.study(names, x=x, by=by, metric=metric, root=results, n_boot=bootstrap, seed=seed, bins=bins)
     if plot:
-        plots.study_plot(result, plot)
+        _wrote(plots.study_plot(result, plot, title=f"{', '.join(names)}: time to "
+                                f"{metric.removeprefix('steps_to_').replace('_', ' ')} vs {x}"), format)
     if format == "json":
         typer.echo(json.dumps(result.to_json()))
         return
@@ -565,6 +569,11 @@ def study(
              f"{'fit' if by is None else f'fit {by}={group}'}: too few points with a KM median "
              f"({fit['n_points']})" for group, fit in fits.items()]
     typer.echo(_table(result.rows) + "\n" + "\n".join(lines))
+
+
+def _wrote(path: Any, format: str = "table") -> None:
+    """Say where a figure went: on stdout, or on stderr when stdout carries JSON."""
+    typer.echo(f"wrote {path}", err=format == "json")
 
 
 def _ci(fit: dict[str, Any]) -> str:
@@ -602,7 +611,7 @@ def phase(
                                          grok_factor=grok_factor)
     diagram = studies.phase([name], x=x, y=y, root=results, thresholds=thresholds)
     if plot:
-        plots.phase_plot(diagram, plot)
+        _wrote(plots.phase_plot(diagram, plot, title=f"{name}: {y} against {x}"), format)
     if format == "json":
         typer.echo(json.dumps(diagram.to_json()))
     else:
@@ -613,18 +622,26 @@ def phase(
 @user_errors
 def plot(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
-    trial: Annotated[list[str] | None, typer.Option("--trial", help="Trial id (repeatable); default: up to "
-                                                    "8 trials spread over the sweep.")] = None,
+    trial: Annotated[list[str] | None, typer.Option("--trial", help="Trial id (repeatable); default: every "
+                                                    "job of the sweep.")] = None,
     output: Annotated[str | None, typer.Option("--output", help="PNG path (default NAME-curves.png).")] = None,
+    color_by: Annotated[str | None, typer.Option("--color-by", help="Trial column that colours the curves "
+                                                 "(default: the first swept parameter).")] = None,
     results: ResultsOpt = None,
 ) -> None:
-    """Train/validation accuracy and loss against step (log x) with events marked, as a PNG.
+    """Train/validation accuracy and loss against step (symlog x, step 0 kept) for every job, coloured by a
+    swept parameter, with memorisation and generalisation marked on the curves, as a PNG. Prints its path.
 
-    Example: groksweep plot wd-scan --trial wd-scan_00003 --output curves.png
+    Example: groksweep plot wd-scan --color-by weight_decay --output curves.png
     """
-    from orchestrator import plots, studies
+    from orchestrator import plots, store, studies
 
-    path = plots.curves_plot(*studies.curves_for_plot(name, trial or None, results), output or f"{name}-curves.png")
+    if color_by is not None and color_by not in store.TRIAL_SCHEMA:
+        fail(f"--color-by: unknown column {color_by!r}; use a trial column such as weight_decay")
+    curves, trials = studies.curves_for_plot(name, trial or None, results)
+    swept = studies.swept_columns(results, name)
+    color_by = color_by or (swept[0] if swept else None)
+    path = plots.curves_plot(curves, trials, output or f"{name}-curves.png", color_by=color_by)
     typer.echo(str(path))
 
 
