@@ -5,6 +5,7 @@ Uses `matplotlib.figure.Figure` directly (no pyplot state, no GUI backend): safe
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ def _save(figure: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis labels as plain numbers (0.1, 0.2, 0.5, 1), minor ones only at 2 and 5: no overlapping
+    "3×10^-1" labels on axes spanning about a decade."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _: Any) -> str:
+        return f"{value:g}" if value > 0 and round(value / 10 ** math.floor(math.log10(value)), 6) in (2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _label(name: str) -> str:
@@ -92,10 +105,12 @@ def study_plot(result: Study, path: str | Path, title: str | None = None) -> Pat
     has_fit = any(f.get("exponent") is not None for f in ([result.fit] if not result.by else result.fit.values()))
     if (has_fit or _spans_decades(xs)) and xs.size and (xs > 0).all():
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
     elif (has_fit or _spans_decades(xs)) and (xs > 0).any():  # x = 0 (e.g. no weight decay) stays visible
         ax.set_xscale("symlog", linthresh=float(xs[xs > 0].min()))
     if has_fit or _spans_decades(ys):  # a power law is a straight line only on log-log axes
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
         if ys.size:
             ax.set_ylim(top=float(ys.max()) * 1.4)  # room for the "> budget" labels
     ax.set_xlabel(_label(result.x) + (f" ({result.bins} bins)" if result.bins else ""))
@@ -156,6 +171,8 @@ def phase_plot(diagram: PhaseDiagram, path: str | Path, title: str | None = None
             axes[setter] = (values, forward, inverse)
             kwargs = {"linthresh": linthresh} if scale == "symlog" else {}
             (ax.set_xscale if setter == "x" else ax.set_yscale)(scale, **kwargs)
+            if scale == "log":
+                _plain_log_ticks(ax.xaxis if setter == "x" else ax.yaxis)
         else:  # categorical: positions 0..n-1, labelled
             axes[setter] = (values, None, None)
             (ax.set_xticks if setter == "x" else ax.set_yticks)(range(len(values)), [str(v) for v in values])
@@ -171,7 +188,8 @@ def phase_plot(diagram: PhaseDiagram, path: str | Path, title: str | None = None
                 flags = members[CENSORED].fill_null(False).to_numpy()
                 px = np.array([position("x", v) for v in members[diagram.x].to_list()])
                 py = np.array([position("y", v) for v in members[diagram.y].to_list()])
-                ax.scatter(px[~flags], py[~flags], color=PHASE_COLORS[p], s=22, label=p)
+                if (~flags).any():
+                    ax.scatter(px[~flags], py[~flags], color=PHASE_COLORS[p], s=22, label=p)
                 if flags.any():
                     ax.scatter(px[flags], py[flags], facecolors="none", edgecolors=PHASE_COLORS[p], s=22,
                                label=f"{p} (censored)")

@@ -22,23 +22,33 @@ from orchestrator.spec import parse_spec
 from orchestrator.sweep import META_FILE, SPEC_FILE
 
 
-def spec_dict(name: str, weight_decays: list[float], lrs: list[float], seeds: int, max_steps: int) -> dict[str, Any]:
-    return {"name": name, "base": {"preset": "tiny", "max_steps": max_steps, "eval_every": 20}, "method": "grid",
-            "metric": {"name": "steps_to_generalize", "goal": "minimize"},
-            "parameters": {"weight_decay": {"values": weight_decays}, "lr": {"values": lrs}},
-            "seeds": list(range(seeds)), "max_concurrent": 2}
+def spec_dict(name: str, weight_decays: list[float], lrs: list[float], seeds: int, max_steps: int,
+              samples: int = 0) -> dict[str, Any]:
+    """A grid over the given values, or (samples > 0) a random search of that many configurations over
+    log-uniform ranges spanning them."""
+    raw = {"name": name, "base": {"preset": "tiny", "max_steps": max_steps, "eval_every": 20}, "method": "grid",
+           "metric": {"name": "steps_to_generalize", "goal": "minimize"},
+           "parameters": {"weight_decay": {"values": weight_decays}, "lr": {"values": lrs}},
+           "seeds": list(range(seeds)), "max_concurrent": 2}
+    if samples:
+        raw.update(method="random", num_samples=samples, search_seed=0, parameters={
+            "weight_decay": {"distribution": "log_uniform_values", "min": min(weight_decays),
+                             "max": max(weight_decays)},
+            "lr": {"distribution": "log_uniform_values", "min": min(lrs), "max": max(lrs)}})
+    return raw
 
 
 def write_sweep(root: str | Path, name: str = "synth", weight_decays: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0),
                 lrs: tuple[float, ...] = (1e-3, 3e-3), seeds: int = 3, max_steps: int = 2000, fail_every: int = 0,
-                extra_measures: bool = False, compact: bool = True) -> list[str]:
-    """Write the sweep; return its job ids. `extra_measures`: curves also hold fourier_sparsity values."""
+                extra_measures: bool = False, compact: bool = True, samples: int = 0) -> list[str]:
+    """Write the sweep; return its job ids. `extra_measures`: curves also hold fourier_sparsity values;
+    `samples`: a random search of that many configurations instead of the grid."""
     root = str(root)
-    raw = spec_dict(name, list(weight_decays), list(lrs), seeds, max_steps)
+    raw = spec_dict(name, list(weight_decays), list(lrs), seeds, max_steps, samples)
     spec = parse_spec(raw)
     store.write_sweep_file(root, name, SPEC_FILE, yaml.safe_dump(raw, sort_keys=False).encode())
-    store.write_sweep_file(root, name, META_FILE, json.dumps({"name": name, "method": "grid", "n_jobs": spec.n_jobs,
-                                                               "n_trials": spec.n_jobs}).encode())
+    meta = {"name": name, "method": spec.method, "n_jobs": spec.n_jobs, "n_trials": spec.n_jobs}
+    store.write_sweep_file(root, name, META_FILE, json.dumps(meta).encode())
     rng = np.random.default_rng(0)
     steps = np.arange(0, max_steps + 1, 20)
     start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
