@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from orchestrator import UserError, budgets, lease, reconcile, store, tune_storage
+from orchestrator import UserError, budgets, lease, live_report, reconcile, store, tune_storage
 from orchestrator.jobs import make_packs, pack_sizes
 from orchestrator.results_root import ResultsRoot
 from orchestrator.runtime import RaySession, ray_session
@@ -197,6 +197,7 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
     """Tune runs over what is owed until nothing is, or until something stops them (Ctrl-C, or the lease
     taken over by another process: then this one stops writing)."""
     fit_s, passes, interrupted = 0.0, 0, False
+    live_report.start(root, spec.name)  # its own low-priority process; ends when this run's lease does
     try:
         while not interrupted:
             for _ in range(MAX_PASSES):

@@ -4,6 +4,8 @@ console error and no request, draws every chart, and shows a job's configuration
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -107,3 +109,54 @@ def test_page_in_headless_chromium(sweep_root, tmp_path):
     assert len(named) == 1 and "weight_decay =" in seen.hover_text and "lr =" in seen.hover_text, seen.hover_text
     row = store.trials(root, ["synth"]).filter(pl.col("trial_id") == named[0]).collect().row(0, named=True)
     assert f"weight_decay = {row['weight_decay']:.4g}" in seen.hover_text
+
+
+def test_live_report_refreshed_by_a_niced_process_until_the_lease_ends(tmp_path):
+    from orchestrator import lease, live_report
+    from orchestrator.sweep import lease_dir
+
+    synthetic.write_sweep(tmp_path, name="live", seeds=1)
+    root = str(tmp_path)
+    page = live_report.page_path(root, "live")
+    assert live_report.start(root, "live", every=0) is None  # off
+    with lease.acquire(lease_dir(root, "live"), "test", name="live"):
+        process = live_report.start(root, "live", every=0.5)
+        deadline = time.monotonic() + 60
+        while not page.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert page.exists(), (page.parent / "report.log").read_text()
+        nice = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == 19 and process.poll() is None  # still refreshing while the lease is held
+        first = page.stat().st_mtime_ns
+    assert process.wait(timeout=60) == 0  # the lease ended: one last page, then it exits
+    assert page.stat().st_mtime_ns > first and "<section id='curves'>" in page.read_text()
+
+
+def test_optuna_importances_from_the_sweeps_journal(tmp_path):
+    import json as jsonlib
+
+    import optuna
+    import yaml
+
+    from orchestrator.optuna_search import JOURNAL_FILE, journal_storage
+    from orchestrator.sweep import META_FILE, SPEC_FILE
+
+    raw = {"name": "opt", "base": {"preset": "tiny", "max_steps": 2000}, "method": "optuna", "num_samples": 16,
+           "metric": {"name": "steps_to_generalize", "goal": "minimize"},
+           "parameters": {"weight_decay": {"distribution": "log_uniform_values", "min": 0.1, "max": 3.0},
+                          "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}}}
+    store.write_sweep_file(str(tmp_path), "opt", SPEC_FILE, yaml.safe_dump(raw).encode())
+    store.write_sweep_file(str(tmp_path), "opt", META_FILE, jsonlib.dumps({"name": "opt", "method": "optuna"}).encode())
+    journal = str(Path(store.sweep_dir(str(tmp_path), "opt")) / JOURNAL_FILE)
+    study = optuna.create_study(study_name="opt", storage=journal_storage(journal), direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(16):  # the objective depends on weight decay only
+        trial = study.ask({"weight_decay": optuna.distributions.FloatDistribution(0.1, 3.0, log=True),
+                           "lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+        study.tell(trial, 600 * trial.params["weight_decay"] ** -0.5)
+    data = report.load(["opt"], tmp_path)  # no rows or curves yet: the page still builds
+    section = report.importance_section(data)
+    bars = section.figure.data[0]
+    assert dict(zip(bars.y, bars.x, strict=True))["weight_decay"] > 0.8
+    page = report.write_report(["opt"], tmp_path / "opt.html", tmp_path)
+    assert "<section id='importance'>" in page.read_text()
