@@ -30,7 +30,7 @@ from trainers.metrics import CENSORED, EVENTS
 MAX_LINES = 2000  # jobs drawn as one line each; beyond, quantile bands per group
 MAX_POINTS = 150  # evaluations kept per drawn line (log-spaced): the page's size does not grow with budgets
 GRID_POINTS = 120  # step grid of the quantile bands
-MAX_GROUPS = 8  # a continuous colour parameter is binned into at most this many groups (bands, survival)
+MAX_GROUPS = 10  # a continuous colour parameter is binned into at most this many groups (bands, survival)
 TABLE_ROWS = 200  # configurations shown in the ranked table
 N_BOOT = 200  # bootstrap resamples of the scaling fit in the page (the `study` command defaults to 1000)
 CORE_CURVE = ("sweep", "trial_id", "step", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -367,13 +367,13 @@ def survival_section(data: ReportData) -> Section:
                                     line={"color": colors[group], "width": 2},
                                     hovertemplate=f"{html.escape(group)}<br>step %{{x:.0f}}: %{{y:.0%}} not yet "
                                                   "grokked<extra></extra>"))
-        censored_at = times[~observed]
+        censored_at, counts = np.unique(times[~observed], return_counts=True)  # one tick per distinct step
         if censored_at.size:
             at = s[np.searchsorted(t, censored_at, side="right") - 1]
             figure.add_trace(go.Scatter(x=censored_at, y=at, mode="markers", legendgroup=group, showlegend=False,
                                         marker={"symbol": "line-ns-open", "size": 11, "color": colors[group],
-                                                "line": {"width": 2}},
-                                        hovertemplate="censored at step %{x:.0f}<extra></extra>"))
+                                                "line": {"width": 2}}, customdata=counts,
+                                        hovertemplate="%{customdata} job(s) censored at step %{x:.0f}<extra></extra>"))
     figure.update_layout(xaxis={"title": "step (optimiser steps)"}, height=420, margin={"t": 30},
                          yaxis={"title": "share not yet generalised (val_acc < 0.99)", "range": [-0.02, 1.05]},
                          legend={"title": {"text": data.color_by or ""}})
@@ -501,19 +501,33 @@ def phase_section(data: ReportData) -> Section:
     return Section("phase", f"Phase diagram: {y_name} against {x_name}", figure=figure, note=note)
 
 
-def parallel_section(data: ReportData) -> Section:
+def parallel_section(data: ReportData, max_lines: int = MAX_LINES) -> Section:
     """Parallel coordinates of the swept parameters and the outcome, coloured grokked / censored / failed;
-    drag along an axis to select."""
+    drag along an axis to select. Beyond `max_lines` jobs: one line per configuration and outcome (its
+    median steps), then a seeded sample that keeps every failed line: browsers draw these lines with WebGL,
+    which is slow without a GPU."""
     import plotly.graph_objects as go
 
     trials = data.trials
     if trials.is_empty() or not data.swept:
         return Section("parallel", "Parallel coordinates", note="No jobs or no swept parameters.")
-    outcomes = outcome(trials).to_list()
-    code = np.array([OUTCOMES.index(o) for o in outcomes], float)
+    frame = trials.select(*data.swept, outcome(trials),
+                          pl.coalesce("steps_to_generalize", "steps_run").cast(pl.Float64).alias("_steps"),
+                          pl.lit(1).alias("_jobs"))
+    counts = {o: int((frame["outcome"] == o).sum()) for o in OUTCOMES}
+    what = f"One line per job ({trials.height})"
+    if frame.height > max_lines:
+        frame = frame.group_by(*data.swept, "outcome").agg(pl.col("_steps").median(), pl.len().alias("_jobs"))
+        what = f"{trials.height} jobs: one line per configuration and outcome ({frame.height}, median steps)"
+        if frame.height > max_lines:
+            failed = frame.filter(pl.col("outcome") == "failed")
+            rest = frame.filter(pl.col("outcome") != "failed")
+            frame = pl.concat([failed, rest.sample(max(0, max_lines - failed.height), seed=0)])
+            what += f", a sample of {frame.height} of them keeping every failed one"
+    code = np.array([OUTCOMES.index(o) for o in frame["outcome"].to_list()], float)
     dims = []
     for name in data.swept:
-        values = trials[name]
+        values = frame[name]
         if _is_numeric(values):
             array = values.cast(pl.Float64).to_numpy()
             if _spans_decades(array) and np.nanmin(array) > 0:
@@ -524,8 +538,8 @@ def parallel_section(data: ReportData) -> Section:
             levels = sorted({str(v) for v in values.to_list()})
             dims.append({"label": name, "values": [levels.index(str(v)) for v in values.to_list()],
                          "tickvals": list(range(len(levels))), "ticktext": levels})
-    steps = trials.select(pl.coalesce("steps_to_generalize", "steps_run").cast(pl.Float64))[:, 0].to_numpy()
-    dims.append({"label": "steps to generalise (censored: steps run)", "values": np.nan_to_num(steps, nan=0)})
+    dims.append({"label": "steps to generalise (censored: steps run)",
+                 "values": np.nan_to_num(frame["_steps"].to_numpy(), nan=0)})
     dims.append({"label": "outcome", "values": code, "tickvals": [0, 1, 2], "ticktext": list(OUTCOMES),
                  "range": [-0.2, 2.2]})
     scale = [[0, OUTCOME_COLORS["grokked"]], [0.33, OUTCOME_COLORS["grokked"]], [0.34, OUTCOME_COLORS["censored"]],
@@ -533,10 +547,9 @@ def parallel_section(data: ReportData) -> Section:
     figure = go.Figure(go.Parcoords(line={"color": code, "colorscale": scale, "cmin": 0, "cmax": 2},
                                     dimensions=dims))
     figure.update_layout(height=420, margin={"t": 60, "l": 60, "r": 60})
-    counts = {o: outcomes.count(o) for o in OUTCOMES}
     return Section("parallel", "Parallel coordinates", figure=figure,
-                   note="One line per job: " + ", ".join(f"{o} {n}" for o, n in counts.items())
-                        + " (green, orange, red). Drag along an axis to select a range.")
+                   note=f"{what}: " + ", ".join(f"{o} {n}" for o, n in counts.items())
+                        + " jobs (green, orange, red). Drag along an axis to select a range.")
 
 
 def ranked_section(data: ReportData) -> Section:
@@ -659,7 +672,7 @@ text-align:right}th{background:#f2f2f2}
 
 def sections(data: ReportData, max_lines: int = MAX_LINES) -> list[Section]:
     parts = [summary_section(data), curves_section(data, max_lines), survival_section(data),
-             scaling_section(data), phase_section(data), parallel_section(data), ranked_section(data),
+             scaling_section(data), phase_section(data), parallel_section(data, max_lines), ranked_section(data),
              importance_section(data), progress_section(data)]
     return [p for p in parts if p is not None]
 

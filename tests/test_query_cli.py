@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator import store
 from orchestrator.cli import app
 
-RESULTS_COMMANDS = ("query", "study", "phase", "plot")
+RESULTS_COMMANDS = ("query", "study", "phase", "plot", "report")
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,15 @@ def test_bands_beyond_max_lines(sweep_root):
     groups = data.trials["weight_decay"].n_unique()
     assert len(bands.figure.data) == 4 * groups  # per group: two bands, the median, the training median
     assert "more than" in bands.note
+    every = report.parallel_section(data, max_lines=len(ids))
+    assert len(every.figure.data[0].dimensions[0].values) == len(ids)
+    pooled = report.parallel_section(data, max_lines=len(ids) - 1)  # one line per configuration and outcome
+    configurations = data.trials.select("weight_decay", "lr", report.outcome(data.trials)).unique().height
+    assert len(pooled.figure.data[0].dimensions[0].values) == configurations < len(ids)
+    sampled = report.parallel_section(data, max_lines=4)
+    outcome_codes = list(sampled.figure.data[0].line.color)
+    n_failed = int((report.outcome(data.trials) == "failed").sum())
+    assert len(outcome_codes) == 4 and outcome_codes.count(2) == min(4, n_failed) > 0  # failed lines kept
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium on PATH: `apt-get install -y chromium` "
