@@ -394,22 +394,28 @@ def scaling_section(data: ReportData) -> Section:
         result = studies.study(data.names, x=x_name, root=data.root, n_boot=N_BOOT)
     except UserError as error:
         return Section("scaling", "Scaling study", note=str(error))
-    rows = result.rows
+    all_x = result.rows[x_name].cast(pl.Float64).to_numpy()
+    log_x = bool((all_x > 0).any())  # plotly has no symlog: x <= 0 (e.g. no weight decay) is listed instead
+    off_axis = result.rows.filter(pl.col(x_name).cast(pl.Float64) <= 0) if log_x else result.rows.clear()
+    rows = result.rows.filter(pl.col(x_name).cast(pl.Float64) > 0) if log_x else result.rows
     figure = go.Figure()
     reached = rows.filter(pl.col("km_median").is_not_null())
     x = reached[x_name].cast(pl.Float64).to_numpy()
     y = reached["km_median"].to_numpy()
     low = reached["km_median_low"].fill_null(np.nan).to_numpy()
     high = reached["km_median_high"].fill_null(np.nan).to_numpy()
-    custom = np.stack([reached["n_trials"].to_numpy(), reached["n_grokked"].to_numpy(),
-                       np.nan_to_num(low, nan=-1), np.nan_to_num(high, nan=-1)], axis=1) if reached.height else None
+    labels = [f"CI {_fmt(lo) if np.isfinite(lo) else 'open'} to {_fmt(hi) if np.isfinite(hi) else 'open'}; "
+              f"{g} of {n} grokked" for lo, hi, g, n in zip(low, high, reached["n_grokked"], reached["n_trials"],
+                                                         strict=True)]
+    binned = "x_low" in reached.columns
+    error_x = ({"type": "data", "symmetric": False, "array": reached["x_high"].to_numpy() - x,
+                "arrayminus": x - reached["x_low"].to_numpy(), "thickness": 1, "width": 3} if binned else None)
     figure.add_trace(go.Scatter(
-        x=x, y=y, mode="markers", name="KM median (95% CI)", marker={"size": 9, "color": "#1f77b4"},
+        x=x, y=y, mode="markers", name="KM median (95% CI" + (", bin edges)" if binned else ")"),
+        marker={"size": 9, "color": "#1f77b4"}, error_x=error_x,
         error_y={"type": "data", "symmetric": False, "array": np.nan_to_num(high - y, nan=0),
                  "arrayminus": np.nan_to_num(y - low, nan=0), "thickness": 1.5, "width": 5},
-        customdata=custom, hovertemplate=f"{x_name} %{{x:.4g}}<br>KM median %{{y:.0f}} "
-                                         "(CI %{customdata[2]:.0f} to %{customdata[3]:.0f}; -1: open)"
-                                         "<br>%{customdata[1]} of %{customdata[0]} grokked<extra></extra>"))
+        text=labels, hovertemplate=f"{x_name} %{{x:.4g}}<br>KM median %{{y:.0f}} (%{{text}})<extra></extra>"))
     fit = result.fit
     positive = x[x > 0]
     if fit.get("exponent") is not None and positive.size:
@@ -422,22 +428,24 @@ def scaling_section(data: ReportData) -> Section:
     open_ci = reached.filter(pl.col("km_median_high").is_null())
     censored = rows.filter(pl.col("km_median").is_null())
     if censored.height:
-        budget = (data.trials.group_by(x_name).agg(pl.col("steps_run").max().alias("budget")))
-        censored = censored.join(budget, on=x_name, how="left") if x_name in censored.columns else censored
+        cx = censored[x_name].cast(pl.Float64).to_numpy()
+        cy = [result.censored_at.get((v,), math.nan) for v in censored[x_name].to_list()]
         figure.add_trace(go.Scatter(
-            x=censored[x_name].cast(pl.Float64).to_numpy(), y=censored["budget"].cast(pl.Float64).to_numpy(),
-            mode="markers+text", text=["> budget"] * censored.height, textposition="top center",
-            name="median not reached (> budget)", marker={"symbol": "triangle-up", "size": 11, "color": "#e0a030"},
+            x=cx, y=cy, mode="markers+text", text=["> budget"] * censored.height, textposition="top center",
+            name="median not reached (> budget: largest censored step)",
+            marker={"symbol": "triangle-up-open", "size": 11, "color": "#e0a030", "line": {"width": 2}},
             hovertemplate=f"{x_name} %{{x:.4g}}: fewer than half grokked within %{{y:.0f}} steps<extra></extra>"))
-    all_x = rows[x_name].cast(pl.Float64).to_numpy()
-    log_x = bool(all_x.size) and bool((all_x > 0).all())
-    figure.update_layout(xaxis={"title": x_name, "type": "log" if log_x else "linear"},
+    figure.update_layout(xaxis={"title": x_name + (f" ({result.bins} bins)" if result.bins else ""),
+                                "type": "log" if log_x else "linear"},
                          yaxis={"title": "steps to generalise (KM median)", "type": "log"},
                          height=420, margin={"t": 30})
-    note = (f"Power law km_median = prefactor * {x_name}^exponent fitted on log-log axes over the x with a median "
-            f"({fit.get('n_points')} points; bootstrap over jobs, {N_BOOT} resamples)."
+    hidden = "; ".join(f"{x_name} = {_fmt(r[x_name])}: " + (f"KM median {_fmt(r['km_median'])}" if r["km_median"]
+                       is not None else f"median not reached (> {_fmt(result.censored_at.get((r[x_name],)))} steps)")
+                       for r in off_axis.iter_rows(named=True))
+    note = (f"Power law km_median = prefactor * {x_name}^exponent fitted on log-log axes over the x > 0 with a "
+            f"median ({fit.get('n_points')} points; bootstrap over jobs, {N_BOOT} resamples)."
             + (f" {open_ci.height} point(s) have no upper CI limit within the budget." if open_ci.height else "")
-            + ("" if log_x else f" {x_name} has values <= 0: its axis is linear, and those points are not fitted."))
+            + (f" Not on the log axis: {hidden}." if hidden else ""))
     return Section("scaling", f"Scaling study: time to grok against {x_name}", figure=figure, note=note)
 
 
