@@ -261,7 +261,7 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
     if optuna:
         from orchestrator.optuna_search import make_searcher
 
-        search_alg, _ = make_searcher(spec, reconcile.journal_path(root, spec.name))
+        search_alg, _ = make_searcher(spec, reconcile.journal_path(root, spec.name), root)
         n_trials = plan.optuna_unfinished + plan.optuna_to_ask
         packs: list = []
         param_space: dict[str, Any] = {}
