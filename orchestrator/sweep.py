@@ -277,7 +277,7 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
                                     {"cpu": spec.cpu, "gpu": spec.gpu})
     callbacks: list = [FailedPackCallback(spec, root, packs)]
     if progress:
-        callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run))
+        callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run, packs=packs))
     storage_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, spec.name))
     stopper = InterruptStopper()
     WATCHED_LEASES[stopper.key] = held
