@@ -24,6 +24,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"groksweep {version('groksweep')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Distributed sweeps of grokking experiments on Ray Tune + Optuna, with Parquet result tables."""
+
+
 # --- shared options (defined once) ---
 ResultsOpt = Annotated[
     str | None, typer.Option("--results", help="Results root (default $GROKSWEEP_RESULTS or ./results).")

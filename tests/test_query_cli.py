@@ -119,3 +119,10 @@ def test_every_results_command_has_help():
     for command in RESULTS_COMMANDS:
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example: groksweep " + command in result.stdout.replace("\n", " ")
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"groksweep {version('groksweep')}"
