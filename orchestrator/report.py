@@ -347,6 +347,8 @@ def survival_section(data: ReportData) -> Section:
     if finished.is_empty():
         return Section("survival", "Time to grok (Kaplan-Meier)", note="No finished jobs yet.")
     frame = studies.time_to_event(finished, "steps_to_generalize")
+    if frame.is_empty():
+        return Section("survival", "Time to grok (Kaplan-Meier)", note="No finished job has a step count yet.")
     labels = groups_of(frame, data.color_by)
     order = _group_order(labels, frame, data.color_by)
     colors = dict(zip(order, _palette(len(order)), strict=True))
@@ -679,9 +681,18 @@ text-align:right}th{background:#f2f2f2}
 
 
 def sections(data: ReportData, max_lines: int = MAX_LINES) -> list[Section]:
-    parts = [summary_section(data), curves_section(data, max_lines), survival_section(data),
-             scaling_section(data), phase_section(data), parallel_section(data, max_lines), ranked_section(data),
-             importance_section(data), progress_section(data)]
+    """Every part of the page; one that cannot be drawn from this data says why instead of sinking the page."""
+    builders = [("summary", summary_section, ()), ("curves", curves_section, (max_lines,)),
+                ("survival", survival_section, ()), ("scaling", scaling_section, ()), ("phase", phase_section, ()),
+                ("parallel", parallel_section, (max_lines,)), ("ranked", ranked_section, ()),
+                ("importance", importance_section, ()), ("progress", progress_section, ())]
+    parts = []
+    for anchor, build, extra in builders:
+        try:
+            parts.append(build(data, *extra))
+        except Exception as error:  # noqa: BLE001 - shown on the page, with its type
+            parts.append(Section(anchor, anchor.capitalize(), note=f"Not drawn: {type(error).__name__}: "
+                                 f"{str(error).splitlines()[0][:200] if str(error) else ''}"))
     return [p for p in parts if p is not None]
 
 

@@ -181,6 +181,8 @@ def study(names: list[str], x: str, by: str | None = None, metric: str = "steps_
         raise UserError(f"--bins: must be >= 0 (0: no binning), got {bins}")
     columns = [x] + ([by] if by else [])
     frame = time_to_event(_finished_trials(root, names, columns), metric)
+    if frame.is_empty():
+        raise UserError(f"no finished trials with a step count in sweep(s) {', '.join(names)}")
     if bins is None:
         bins = default_bins(frame[x]) if continuous(root, names, x) else 0
     edges = None

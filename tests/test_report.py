@@ -169,3 +169,10 @@ def test_optuna_importances_from_the_sweeps_journal(tmp_path):
     assert dict(zip(bars.y, bars.x, strict=True))["weight_decay"] > 0.8
     page = report.write_report(["opt"], tmp_path / "opt.html", tmp_path)
     assert "<section id='importance'>" in page.read_text()
+
+
+def test_a_sweep_whose_jobs_all_failed_still_gets_a_page(tmp_path):
+    synthetic.write_sweep(tmp_path, name="bad", seeds=1, fail_every=1)  # every job failed at step 200
+    notes = {s.anchor: s.note for s in report.sections(report.load(["bad"], tmp_path))}
+    assert "failed 8" in notes["parallel"] and "Not drawn" not in " ".join(notes.values())
+    assert report.write_report(["bad"], tmp_path / "bad.html", tmp_path).stat().st_size > 1_000_000
