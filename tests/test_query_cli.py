@@ -126,3 +126,10 @@ def test_version():
 
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"groksweep {version('groksweep')}"
+
+
+def test_flags_show_no_bool_placeholder():
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    for args in [["--help"], *([name, "--help"] for name in names)]:
+        result = invoke(*args)
+        assert result.exit_code == 0 and "<bool>" not in result.stdout, args
