@@ -24,6 +24,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _flags_show_no_type() -> None:
+    """Typer's rich help prints `<bool>` beside every flag (--help too), as if it took a value: show none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -33,7 +48,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option("--version", metavar="", callback=_print_version, is_eager=True,
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                    help="Print the version and exit.")] = False) -> None:
     """Distributed sweeps of grokking experiments on Ray Tune + Optuna, with Parquet result tables."""
 
@@ -272,9 +287,8 @@ def sweep(
     results: ResultsOpt = None,
     address: AddressOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Sweep name (default: the spec's).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="",
-                                            help="Replace an existing sweep of this name.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the jobs (and packs) it would run; run "
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sweep of this name.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the jobs (and packs) it would run; run "
                                           "nothing.")] = False,
 ) -> None:
     """Run a sweep on Ray Tune (embedded Ray on loopback, or --address); results go to the store.
@@ -337,9 +351,8 @@ def extend(
                                            "censored jobs; above their current one.")],
     where: Annotated[str | None, typer.Option("--where", help="SQL predicate over trials columns selecting the "
                                               "censored jobs to extend, e.g. \"train_fraction < 0.25\".")] = None,
-    rerun_missing: Annotated[bool, typer.Option("--rerun-missing", metavar="", help="Rerun from step 0 the selected "
-                                                "jobs that kept no checkpoint (else they are listed and left).")
-                             ] = False,
+    rerun_missing: Annotated[bool, typer.Option("--rerun-missing", help="Rerun from step 0 the selected jobs "
+                                                "that kept no checkpoint (else they are listed and left).")] = False,
     results: ResultsOpt = None,
     address: AddressOpt = None,
 ) -> None:
@@ -431,7 +444,7 @@ def logs(name: NameOpt, trial: Annotated[str, typer.Argument(help="Job id, the t
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def rm(name: NameOpt, results: ResultsOpt = None,
-       yes: Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Do not ask.")] = False) -> None:
+       yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
     """Delete a sweep: its rows, curves, Tune records, journal, logs and checkpoints (asks first).
 
     Example: groksweep rm wd-study --yes
@@ -450,8 +463,8 @@ def rm(name: NameOpt, results: ResultsOpt = None,
 @app.command(rich_help_panel="Sweeps")
 @user_errors
 def check(name: NameOpt, results: ResultsOpt = None,
-          repair: Annotated[bool, typer.Option("--repair", metavar="", help="Fix what needs no training (under the "
-                                               "sweep's lease); list what needs `resume`.")] = False,
+          repair: Annotated[bool, typer.Option("--repair", help="Fix what needs no training (under the sweep's "
+                                               "lease); list what needs `resume`.")] = False,
           format: FormatOpt = "table") -> None:
     """Verify a sweep's invariants; one line per violation, naming the job. Exit 0 clean, 1 violations.
 
