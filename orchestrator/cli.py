@@ -422,10 +422,12 @@ def list_sweeps(results: ResultsOpt = None, format: FormatOpt = "table") -> None
     Example: groksweep ls --results results
     """
     from orchestrator import overview
+    from orchestrator.sweep import resolve_root
 
     check_format(format, ("table", "json"))
     frame = overview.sweeps_overview(results)
-    typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else "no sweeps")
+    typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else
+               f"no sweeps under {resolve_root(results)}")
 
 
 @app.command(rich_help_panel="Sweeps")
@@ -544,6 +546,10 @@ def query(
     if format == "parquet" and output is None:
         fail("--format parquet needs --output PATH")
     frame = store.query(sql, results)
+    if frame.is_empty():
+        from orchestrator.sweep import resolve_root
+
+        typer.echo(f"(no rows; results root {resolve_root(results)})", err=True)
     if format == "parquet":
         from pathlib import Path
 

@@ -133,3 +133,10 @@ def test_flags_show_no_bool_placeholder():
     for args in [["--help"], *([name, "--help"] for name in names)]:
         result = invoke(*args)
         assert result.exit_code == 0 and "<bool>" not in result.stdout, args
+
+
+def test_finding_nothing_names_the_results_root(root, tmp_path):
+    result = invoke("ls", "--results", str(tmp_path))
+    assert result.exit_code == 0 and result.stdout.strip() == f"no sweeps under {tmp_path}"
+    result = invoke("query", "SELECT trial_id FROM trials WHERE false", "--results", root, "--format", "json")
+    assert result.exit_code == 0 and result.stdout.strip() == "[]" and root in result.stderr
