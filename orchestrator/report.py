@@ -740,6 +740,6 @@ def write_report(names: list[str], output: str | Path | None = None, results: st
         handle.write(text)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a report is as readable as any output
+    os.chmod(temporary, 0o644 & ~umask)  # mkstemp makes it private; readable, never group/world-writable
     os.replace(temporary, path)
     return path
