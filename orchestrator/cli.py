@@ -24,6 +24,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _flags_show_no_type() -> None:
+    """Typer's rich help prints `<bool>` beside every flag (--help too), as if it took a value: show none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"groksweep {version('groksweep')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Distributed sweeps of grokking experiments on Ray Tune + Optuna, with Parquet result tables."""
+
+
 # --- shared options (defined once) ---
 ResultsOpt = Annotated[
     str | None, typer.Option("--results", help="Results root (default $GROKSWEEP_RESULTS or ./results).")
@@ -416,10 +445,12 @@ def list_sweeps(results: ResultsOpt = None, format: FormatOpt = "table") -> None
     Example: groksweep ls --results results
     """
     from orchestrator import overview
+    from orchestrator.sweep import resolve_root
 
     check_format(format, ("table", "json"))
     frame = overview.sweeps_overview(results)
-    typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else "no sweeps")
+    typer.echo(frame.write_json() if format == "json" else _frame_text(frame) if frame.height else
+               f"no sweeps under {resolve_root(results)}")
 
 
 @app.command(rich_help_panel="Sweeps")
@@ -541,6 +572,10 @@ def query(
     if format == "parquet" and output is None:
         fail("--format parquet needs --output PATH")
     frame = store.query(sql, results)
+    if frame.is_empty():
+        from orchestrator.sweep import resolve_root
+
+        typer.echo(f"(no rows; results root {resolve_root(results)})", err=True)
     if format == "parquet":
         from pathlib import Path
 
@@ -565,6 +600,9 @@ def study(
     format: FormatOpt = "table",
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the exponent CI.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    bins: Annotated[int | None, typer.Option("--bins", help="Bin a continuous x (random/Optuna sweeps) into N "
+                                             "quantile bins, edges in x_low/x_high; default: chosen from the "
+                                             "data for such an x, none for grids; 0: never.")] = None,
     results: ResultsOpt = None,
     skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
@@ -579,9 +617,10 @@ def study(
     check_format(format, ("table", "json"))
     if bootstrap < 1:
         fail(f"--bootstrap: must be >= 1, got {bootstrap}")
-    result = studies.study(names, x=x, by=by, metric=metric, root=results, n_boot=bootstrap, seed=seed)
+    result = studies.study(names, x=x, by=by, metric=metric, root=results, n_boot=bootstrap, seed=seed, bins=bins)
     if plot:
-        plots.study_plot(result, plot)
+        _wrote(plots.study_plot(result, plot, title=f"{', '.join(names)}: time to "
+                                f"{metric.removeprefix('steps_to_').replace('_', ' ')} vs {x}"), format)
     if format == "json":
         typer.echo(json.dumps(result.to_json()))
         return
@@ -592,6 +631,11 @@ def study(
              f"{'fit' if by is None else f'fit {by}={group}'}: too few points with a KM median "
              f"({fit['n_points']})" for group, fit in fits.items()]
     typer.echo(_table(result.rows) + "\n" + "\n".join(lines))
+
+
+def _wrote(path: Any, format: str = "table") -> None:
+    """Say where a figure went: on stdout, or on stderr when stdout carries JSON."""
+    typer.echo(f"wrote {path}", err=format == "json")
 
 
 def _ci(fit: dict[str, Any]) -> str:
@@ -630,7 +674,7 @@ def phase(
                                          grok_factor=grok_factor)
     diagram = studies.phase([name], x=x, y=y, root=results, thresholds=thresholds)
     if plot:
-        plots.phase_plot(diagram, plot)
+        _wrote(plots.phase_plot(diagram, plot, title=f"{name}: {y} against {x}"), format)
     if format == "json":
         typer.echo(json.dumps(diagram.to_json()))
     else:
@@ -641,19 +685,27 @@ def phase(
 @user_errors
 def plot(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
-    trial: Annotated[list[str] | None, typer.Option("--trial", help="Trial id (repeatable); default: up to "
-                                                    "8 trials spread over the sweep.")] = None,
+    trial: Annotated[list[str] | None, typer.Option("--trial", help="Trial id (repeatable); default: every "
+                                                    "job of the sweep.")] = None,
     output: Annotated[str | None, typer.Option("--output", help="PNG path (default NAME-curves.png).")] = None,
+    color_by: Annotated[str | None, typer.Option("--color-by", help="Trial column that colours the curves "
+                                                 "(default: the first swept parameter).")] = None,
     results: ResultsOpt = None,
     skip_corrupt: SkipCorruptOpt = False,
 ) -> None:
-    """Train/validation accuracy and loss against step (log x) with events marked, as a PNG.
+    """Train/validation accuracy and loss against step (symlog x, step 0 kept) for every job, coloured by a
+    swept parameter, with memorisation and generalisation marked on the curves, as a PNG. Prints its path.
 
-    Example: groksweep plot wd-scan --trial c0003-s1-4be1a0 --output curves.png
+    Example: groksweep plot wd-scan --color-by weight_decay --output curves.png
     """
-    from orchestrator import plots, studies
+    from orchestrator import plots, store, studies
 
-    path = plots.curves_plot(*studies.curves_for_plot(name, trial or None, results), output or f"{name}-curves.png")
+    if color_by is not None and color_by not in store.TRIAL_SCHEMA:
+        fail(f"--color-by: unknown column {color_by!r}; use a trial column such as weight_decay")
+    curves, trials = studies.curves_for_plot(name, trial or None, results)
+    swept = studies.swept_columns(results, name)
+    color_by = color_by or (swept[0] if swept else None)
+    path = plots.curves_plot(curves, trials, output or f"{name}-curves.png", color_by=color_by)
     typer.echo(str(path))
 
 
@@ -672,6 +724,26 @@ def migrate(results: ResultsOpt = None) -> None:
     changed = sweeps.migrate_root(root, notice=_notice)
     typer.echo(f"migrated {len(changed)} file(s) or folder(s) under {root}" if changed else
                f"{root} is up to date")
+
+
+@app.command(rich_help_panel="Results")
+@user_errors
+def report(
+    names: Annotated[list[str], typer.Argument(help="Sweep name(s), drawn together.", metavar="NAME...")],
+    output: Annotated[str | None, typer.Option("--output", help="HTML path (default NAME-report.html).")] = None,
+    color_by: Annotated[str | None, typer.Option("--color-by", help="Trial column that colours the curves and "
+                                                 "groups the survival curves (default: the first swept one).")] = None,
+    results: ResultsOpt = None,
+) -> None:
+    """A self-contained HTML page of the sweep(s) that opens offline: spec and summary, learning curves,
+    Kaplan-Meier survival, scaling study, phase diagram, parallel coordinates, ranked configurations,
+    Optuna importances and progress measures. Prints the path it wrote.
+
+    Example: groksweep report wd-study --output wd-study.html
+    """
+    from orchestrator.report import write_report
+
+    typer.echo(str(write_report(names, output, results, color_by)))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -58,7 +58,31 @@ def unfinished_proposals(study) -> list[tuple[int, dict[str, Any]]]:
             if t.state == optuna.trial.TrialState.RUNNING]
 
 
-def make_searcher(spec: SweepSpec, journal_path: str):
+def report_learning_curve(study: Any, number: int, root: str, sweep: str, trial_ids: list[str]) -> int:
+    """Give Optuna trial `number` its intermediate values, so that optuna-dashboard draws its learning
+    curve: at each evaluated step, the mean validation accuracy over its seed jobs that reached that step
+    (read from their curves in the store). Single-objective studies only (Optuna keeps none for several
+    objectives); call before the trial is told. Returns the steps reported."""
+    import optuna
+    import polars as pl
+
+    from orchestrator import store
+
+    curves = [store.job_curve(root, sweep, trial_id).select("step", "val_acc") for trial_id in trial_ids]
+    curves = [c for c in curves if c.height]
+    if not curves or len(study.directions) > 1:
+        return 0
+    means = (pl.concat(curves).drop_nulls().group_by("step").agg(pl.col("val_acc").mean()).sort("step"))
+    frozen = study.get_trials(deepcopy=False)[number]
+    trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna has no public "trial by number" for report()
+    done = frozen.intermediate_values  # reported before a crash, the proposal now rerun: not again
+    for step, value in means.iter_rows():
+        if int(step) not in done:
+            trial.report(float(value), int(step))
+    return means.height
+
+
+def make_searcher(spec: SweepSpec, journal_path: str, root: str | None = None):
     from ray.tune.search import ConcurrencyLimiter, Searcher
 
     class ProposalSearcher(Searcher):
@@ -98,6 +122,9 @@ def make_searcher(spec: SweepSpec, journal_path: str):
                     self.study.tell(number, state=optuna.trial.TrialState.FAIL)
                 else:
                     values = report.objectives if len(report.objectives) > 1 else report.objectives[0]
+                    if root is not None and not spec.multi_objective:
+                        trial_ids = self.study.get_trials(deepcopy=False)[number].user_attrs.get("trial_ids", [])
+                        report_learning_curve(self.study, number, root, spec.name, trial_ids)
                     self.study.tell(number, values)
             # else: stopped before its seeds ended (Ctrl-C): it stays RUNNING and `resume` runs it again
 

@@ -5,7 +5,9 @@ Uses `matplotlib.figure.Figure` directly (no pyplot state, no GUI backend): safe
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -14,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from orchestrator.studies import PHASES, PhaseDiagram, Study
-from trainers.metrics import GENERALIZE_ACC, MEMORIZE_ACC
+from trainers.metrics import CENSORED, GENERALIZE_ACC, MEMORIZE_ACC
 
 DPI = 200
 PHASE_COLORS = {"comprehension": "#4c9f70", "grokking": "#e0a030", "memorization": "#c8553d", "confusion": "#7a7a7a"}
@@ -32,18 +34,33 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis labels as plain numbers (0.1, 0.2, 0.5, 1), minor ones only at 2 and 5: no overlapping
+    "3×10^-1" labels on axes spanning about a decade."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _: Any) -> str:
+        return f"{value:g}" if value > 0 and round(value / 10 ** math.floor(math.log10(value)), 6) in (2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
 def _label(name: str) -> str:
     return name.replace("_", " ")
 
 
-def study_plot(result: Study, path: str | Path) -> Path:
-    """KM median time-to-grok against x (95% CI bars), the fitted power law, and censored groups marked at
-    their budget with an upward arrow (median not reached)."""
+def study_plot(result: Study, path: str | Path, title: str | None = None) -> Path:
+    """KM median time-to-grok against x with 95% CI bars (a note where a CI has no upper limit within the
+    budget or cannot be computed), the fitted power law on log-log axes, and each group whose median was not
+    reached drawn at its largest censoring time with a "> budget" marker. Binned x: horizontal bars show
+    each bin's edges."""
     figure = Figure(figsize=(5.5, 4.0))
     ax = figure.add_subplot()
     groups = (result.rows.partition_by(result.by, maintain_order=True, as_dict=True)
               if result.by else {(None,): result.rows})
-    all_x, all_y = [], []
+    all_x, all_y, open_ci, no_ci = [], [], 0, 0
+    binned = "x_low" in result.rows.columns
     for index, (key, rows) in enumerate(groups.items()):
         color = f"C{index}"
         label = f"{_label(result.by)} = {key[0]}" if result.by else "KM median"
@@ -52,12 +69,18 @@ def study_plot(result: Study, path: str | Path) -> Path:
         low = reached["km_median_low"].fill_null(np.nan).to_numpy().astype(float)
         high = reached["km_median_high"].fill_null(np.nan).to_numpy().astype(float)
         yerr = np.vstack([np.where(np.isnan(low), 0, y - low), np.where(np.isnan(high), 0, high - y)])
-        ax.errorbar(x, y, yerr=yerr, fmt="o", color=color, capsize=3, label=f"{label} (95% CI)")
-        open_high = ~np.isnan(y) & np.isnan(high)
-        if open_high.any():  # CI with no upper limit inside the budget
-            ax.plot(x[open_high], y[open_high], marker="^", linestyle="none", color=color, markersize=4)
+        xerr = None
+        if binned:
+            xerr = np.vstack([x - reached["x_low"].to_numpy(), reached["x_high"].to_numpy() - x])
+        ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="o", color=color, capsize=3, elinewidth=1,
+                    label=f"{label} (95% CI{', bin edges' if binned else ''})")
+        open_high = ~np.isnan(low) & np.isnan(high)
+        if open_high.any():  # CI with no upper limit inside the budget: an arrow up from the point
+            ax.plot(x[open_high], y[open_high] * 1.12, marker="^", linestyle="none", color=color, markersize=5)
+            open_ci += int(open_high.sum())
+        no_ci += int((np.isnan(low) & np.isnan(high)).sum())
         fit = result.fit if not result.by else result.fit.get(str(key[0]), {})
-        if fit.get("exponent") is not None:
+        if fit.get("exponent") is not None and (x > 0).any():
             grid = np.geomspace(x[x > 0].min(), x.max(), 50)
             ci = (f" [{fit['exponent_low']:.2f}, {fit['exponent_high']:.2f}]"
                   if fit.get("exponent_low") is not None else "")
@@ -65,96 +88,233 @@ def study_plot(result: Study, path: str | Path) -> Path:
                     label=f"fit: exponent {fit['exponent']:.2f}{ci}")
         all_x.extend(x)
         all_y.extend(y)
-    censored_groups = result.rows.filter(pl.col("km_median").is_null())
-    if censored_groups.height:
-        ceiling = max(all_y) * 1.3 if all_y else 1.0
-        cx = censored_groups[result.x].to_numpy().astype(float)
-        ax.plot(cx, np.full(cx.size, ceiling), marker="^", linestyle="none", color="black",
-                label="median not reached (>half censored)")
-        all_x.extend(cx)
-        all_y.append(ceiling)
+        censored = rows.filter(pl.col("km_median").is_null())
+        if censored.height:
+            cx = censored[result.x].to_numpy().astype(float)
+            keys = censored.select(*([result.by] if result.by else []), result.x).rows()
+            cy = np.array([result.censored_at.get(tuple(k), np.nan) for k in keys], float)
+            ax.plot(cx, cy, marker="^", linestyle="none", color=color, markerfacecolor="white", markersize=8,
+                    label="median not reached: > budget (largest censored step)" if index == 0 else None)
+            for xi, yi in zip(cx, cy, strict=True):
+                if np.isfinite(yi):
+                    ax.annotate("> budget", (xi, yi), textcoords="offset points", xytext=(0, 7), ha="center",
+                                fontsize=6, color=color)
+            all_x.extend(cx)
+            all_y.extend(cy[np.isfinite(cy)])
     xs, ys = np.asarray(all_x, float), np.asarray(all_y, float)
-    if _spans_decades(xs) and (xs > 0).all():
+    has_fit = any(f.get("exponent") is not None for f in ([result.fit] if not result.by else result.fit.values()))
+    if (has_fit or _spans_decades(xs)) and xs.size and (xs > 0).all():
         ax.set_xscale("log")
-    elif _spans_decades(xs):
-        ax.set_xscale("symlog", linthresh=float(xs[xs > 0].min()) if (xs > 0).any() else 1.0)
-    if _spans_decades(ys):
+        _plain_log_ticks(ax.xaxis)
+    elif (has_fit or _spans_decades(xs)) and (xs > 0).any():  # x = 0 (e.g. no weight decay) stays visible
+        ax.set_xscale("symlog", linthresh=float(xs[xs > 0].min()))
+    if has_fit or _spans_decades(ys):  # a power law is a straight line only on log-log axes
         ax.set_yscale("log")
-    ax.set_xlabel(_label(result.x))
+        _plain_log_ticks(ax.yaxis)
+        if ys.size:
+            ax.set_ylim(top=float(ys.max()) * 1.4)  # room for the "> budget" labels
+    ax.set_xlabel(_label(result.x) + (f" ({result.bins} bins)" if result.bins else ""))
     ax.set_ylabel(f"{_label(result.metric)} (optimiser steps, KM median)")
-    ax.set_title(f"Time to {_label(result.metric).removeprefix('steps to ')} vs {_label(result.x)}")
+    ax.set_title(title or f"Time to {_label(result.metric).removeprefix('steps to ')} vs {_label(result.x)}")
+    notes = []
+    if open_ci:
+        notes.append(f"▲ above {open_ci} point(s): CI has no upper limit within the budget")
+    if no_ci:
+        notes.append(f"{no_ci} point(s) without CI (too few jobs or events)")
+    if notes:
+        ax.text(0.01, 0.01, "; ".join(notes), transform=ax.transAxes, fontsize=6, va="bottom", color="0.3")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(figure, path)
 
 
-def phase_plot(diagram: PhaseDiagram, path: str | Path) -> Path:
-    """Heat map of the most common phase in each (x, y) cell, each cell annotated with its trial count."""
-    rows = diagram.rows
-    xs = sorted(rows[diagram.x].unique().drop_nulls().to_list())
-    ys = sorted(rows[diagram.y].unique().drop_nulls().to_list())
-    grid = np.full((len(ys), len(xs)), np.nan)
-    figure = Figure(figsize=(1.2 + 0.8 * max(len(xs), 3), 1.2 + 0.6 * max(len(ys), 3)))
+def _axis_transform(values: list[Any]) -> tuple[str, Any, Any, float | None]:
+    """(scale, forward, inverse, linthresh) for a numeric axis: log where the values span decades and are
+    positive, symlog where they span decades and include 0 (weight decay 0), else linear."""
+    array = np.asarray(values, float)
+    if _spans_decades(array) and (array > 0).all():
+        return "log", np.log10, lambda u: 10 ** u, None
+    if _spans_decades(array) and (array > 0).any():
+        c = float(array[array > 0].min())
+        return ("symlog", lambda v: np.sign(v) * np.log10(1 + np.abs(v) / c),
+                lambda u: np.sign(u) * c * (10 ** np.abs(u) - 1), c)
+    return "linear", lambda v: np.asarray(v, float), lambda u: u, None
+
+
+def _edges(values: list[float], forward: Any, inverse: Any) -> np.ndarray:
+    """Cell edges between sorted values (midpoints on the axis's own scale)."""
+    u = forward(np.asarray(values, float))
+    if u.size == 1:
+        half = 0.15 if abs(u[0]) > 0 else 0.5
+        return inverse(np.array([u[0] - half, u[0] + half]))
+    mid = (u[1:] + u[:-1]) / 2
+    return inverse(np.concatenate([[u[0] - (mid[0] - u[0])], mid, [u[-1] + (u[-1] - mid[-1])]]))
+
+
+def _is_number(values: list[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def phase_plot(diagram: PhaseDiagram, path: str | Path, title: str | None = None) -> Path:
+    """Liu et al.'s phases on numeric axes (log where values span decades): for a grid, each (x, y) cell
+    coloured by its most common phase with its share and count, and an x on cells holding censored jobs;
+    for a random / Optuna sweep, one point per job (open: censored)."""
+    rows, jobs = diagram.rows.drop_nulls([diagram.x, diagram.y]), diagram.trials.drop_nulls([diagram.x, diagram.y])
+    xs = sorted(rows[diagram.x].unique().to_list())
+    ys = sorted(rows[diagram.y].unique().to_list())
+    figure = Figure(figsize=(6.2, 4.4))
     ax = figure.add_subplot()
-    for row in rows.iter_rows(named=True):
-        if row[diagram.x] is None or row[diagram.y] is None:
-            continue
-        i, j = ys.index(row[diagram.y]), xs.index(row[diagram.x])
-        grid[i, j] = PHASES.index(row["phase"])
-        share = row[f"n_{row['phase']}"] / row["n_trials"]
-        ax.text(j, i, f"{share:.0%}\nn={row['n_trials']}", ha="center", va="center", fontsize=7)
-    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES])
-    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(PHASES) - 0.5, origin="lower", aspect="auto")
-    ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys])
+    axes = {}
+    for values, setter in ((xs, "x"), (ys, "y")):
+        if _is_number(values):
+            scale, forward, inverse, linthresh = _axis_transform(values)
+            axes[setter] = (values, forward, inverse)
+            kwargs = {"linthresh": linthresh} if scale == "symlog" else {}
+            (ax.set_xscale if setter == "x" else ax.set_yscale)(scale, **kwargs)
+            if scale == "log":
+                _plain_log_ticks(ax.xaxis if setter == "x" else ax.yaxis)
+        else:  # categorical: positions 0..n-1, labelled
+            axes[setter] = (values, None, None)
+            (ax.set_xticks if setter == "x" else ax.set_yticks)(range(len(values)), [str(v) for v in values])
+
+    def position(setter: str, value: Any) -> float:
+        values, forward, _ = axes[setter]
+        return float(value) if forward is not None else float(values.index(value))
+
+    if diagram.continuous:
+        for p in PHASES:
+            members = jobs.filter(pl.col("phase") == p)
+            if members.height:
+                flags = members[CENSORED].fill_null(False).to_numpy()
+                px = np.array([position("x", v) for v in members[diagram.x].to_list()])
+                py = np.array([position("y", v) for v in members[diagram.y].to_list()])
+                if (~flags).any():
+                    ax.scatter(px[~flags], py[~flags], color=PHASE_COLORS[p], s=22, label=p)
+                if flags.any():
+                    ax.scatter(px[flags], py[flags], facecolors="none", edgecolors=PHASE_COLORS[p], s=22,
+                               label=f"{p} (censored)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="phase (one point per job)",
+                  title_fontsize=7)
+    else:
+        def edges(setter: str) -> np.ndarray:
+            values, forward, inverse = axes[setter]
+            if forward is None:
+                return np.arange(len(values) + 1) - 0.5
+            return _edges(values, forward, inverse)
+
+        grid = np.full((len(ys), len(xs)), np.nan)
+        censored = jobs.group_by(diagram.x, diagram.y).agg(pl.col(CENSORED).fill_null(False).sum().alias("c"))
+        censored_cells = {(r[diagram.x], r[diagram.y]) for r in censored.filter(pl.col("c") > 0).iter_rows(named=True)}
+        for row in rows.iter_rows(named=True):
+            i, j = ys.index(row[diagram.y]), xs.index(row[diagram.x])
+            grid[i, j] = PHASES.index(row["phase"])
+            if len(xs) * len(ys) <= 150:
+                share = row[f"n_{row['phase']}"] / row["n_trials"]
+                ax.text(position("x", row[diagram.x]), position("y", row[diagram.y]),
+                        f"{share:.0%}\nn={row['n_trials']}", ha="center", va="top", fontsize=6)
+        cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES])
+        ax.pcolormesh(edges("x"), edges("y"), grid, cmap=cmap, vmin=-0.5, vmax=len(PHASES) - 0.5,
+                      edgecolors="white", linewidth=0.5)
+        handles = [Patch(color=PHASE_COLORS[p], label=p) for p in PHASES]
+        if censored_cells:
+            cx = [position("x", c[0]) for c in censored_cells]
+            cy = [position("y", c[1]) for c in censored_cells]
+            from matplotlib.transforms import offset_copy
+
+            above = offset_copy(ax.transData, fig=figure, y=9, units="points")  # clear of the cell's text
+            handles.append(ax.scatter(cx, cy, marker="x", color="black", s=18, linewidths=1, transform=above,
+                                      label="cell holds censored jobs"))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel(_label(diagram.x))
     ax.set_ylabel(_label(diagram.y))
     t = diagram.thresholds
-    ax.set_title(f"Phases (train ≥ {t.memorize_acc:g}, val ≥ {t.generalize_acc:g}, "
-                 f"grokking: delay ≥ {t.grok_factor:g}×t_mem)", fontsize=8)
-    ax.legend(handles=[Patch(color=PHASE_COLORS[p], label=p) for p in PHASES], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title((title + "\n" if title else "") + f"Phases (train ≥ {t.memorize_acc:g}, val ≥ "
+                 f"{t.generalize_acc:g}, grokking: delay ≥ {t.grok_factor:g}×t_mem)", fontsize=8)
     return _save(figure, path)
 
 
-def curves_plot(curves: pl.DataFrame, trials: pl.DataFrame, path: str | Path) -> Path:
-    """Train (dashed) and validation (solid) accuracy and loss against step (log x) for each trial, with
-    the memorisation (dotted) and generalisation (dash-dot) steps marked."""
-    figure = Figure(figsize=(10, 4))
+def _colors(trials: pl.DataFrame, color_by: str | None) -> tuple[dict[str, Any], Any]:
+    """A colour per job from `color_by`: a palette and a legend of values for up to 10 values, else a
+    viridis scale (log where the values span decades) with a colour bar. Returns ({trial_id: colour}, legend
+    handles or a ScalarMappable)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.lines import Line2D
+
+    ids = trials["trial_id"].to_list()
+    if color_by is None:
+        return {t: f"C{i % 10}" for i, t in enumerate(ids)}, None
+    values = trials[color_by].to_list()
+    distinct = sorted({v for v in values if v is not None}, key=lambda v: (isinstance(v, str), v))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct)
+    if len(distinct) <= 10 or not numeric:
+        palette = {v: f"C{i % 10}" for i, v in enumerate(distinct)}
+        handles = [Line2D([], [], color=palette[v], label=f"{v:g}" if isinstance(v, float) else str(v))
+                   for v in distinct]
+        return {t: palette.get(v, "0.5") for t, v in zip(ids, values, strict=True)}, handles
+    array = np.asarray(distinct, float)
+    norm = (LogNorm(array.min(), array.max()) if _spans_decades(array) and (array > 0).all()
+            else Normalize(array.min(), array.max()))
+    cmap = colormaps["viridis"]
+    return ({t: cmap(norm(v)) if v is not None else "0.5" for t, v in zip(ids, values, strict=True)},
+            ScalarMappable(norm=norm, cmap=cmap))
+
+
+def curves_plot(curves: pl.DataFrame, trials: pl.DataFrame, path: str | Path, color_by: str | None = None,
+                title: str | None = None) -> Path:
+    """Validation (solid) and training (dashed) accuracy and loss against step for each job, coloured by
+    `color_by` with a legend of its values (or a colour bar); memorisation (o, on the training curve) and
+    generalisation (*, on the validation curve) marked where they happened. The step axis is symlog, so
+    step 0 is kept."""
+    figure = Figure(figsize=(11, 4.2))
     acc_ax, loss_ax = figure.subplots(1, 2)
     events = {row["trial_id"]: row for row in trials.iter_rows(named=True)}
-    for index, (key, curve) in enumerate(curves.sort("step").partition_by("trial_id", as_dict=True,
-                                                                             maintain_order=True).items()):
-        trial_id, color = key[0], f"C{index % 10}"
+    colors, legend = _colors(trials, color_by)
+    n = curves["trial_id"].n_unique()
+    alpha = 1.0 if n <= 12 else max(0.15, 12 / n)
+    for (trial_id,), curve in curves.sort("step").partition_by("trial_id", as_dict=True, maintain_order=True).items():
+        color = colors.get(trial_id, "0.5")
         step = curve["step"].to_numpy()
-        acc_ax.plot(step, curve["train_acc"].to_numpy(), "--", color=color, linewidth=1)
-        acc_ax.plot(step, curve["val_acc"].to_numpy(), "-", color=color, linewidth=1.3, label=trial_id)
-        loss_ax.plot(step, curve["train_loss"].to_numpy(), "--", color=color, linewidth=1)
-        loss_ax.plot(step, curve["val_loss"].to_numpy(), "-", color=color, linewidth=1.3, label=trial_id)
+        train, val = curve["train_acc"].to_numpy(), curve["val_acc"].to_numpy()
+        acc_ax.plot(step, train, "--", color=color, linewidth=0.8, alpha=alpha * 0.8)
+        acc_ax.plot(step, val, "-", color=color, linewidth=1.2, alpha=alpha)
+        loss_ax.plot(step, curve["train_loss"].to_numpy(), "--", color=color, linewidth=0.8, alpha=alpha * 0.8)
+        loss_ax.plot(step, curve["val_loss"].to_numpy(), "-", color=color, linewidth=1.2, alpha=alpha)
         row = events.get(trial_id, {})
-        for event, style in (("steps_to_memorize", ":"), ("steps_to_generalize", "-.")):
-            if row.get(event):
-                for ax in (acc_ax, loss_ax):
-                    ax.axvline(row[event], color=color, linestyle=style, linewidth=0.8, alpha=0.7)
+        for event, values, marker in (("steps_to_memorize", train, "o"), ("steps_to_generalize", val, "*")):
+            at = row.get(event)
+            if at is not None and (step == at).any():
+                acc_ax.plot(at, values[np.flatnonzero(step == at)[0]], marker=marker, color=color,
+                            markersize=5 if marker == "o" else 8, markeredgecolor="black", markeredgewidth=0.4,
+                            linestyle="none", alpha=min(1.0, alpha * 1.5))
+    positive = curves["step"].filter(curves["step"] > 0)
+    linthresh = float(positive.min()) if positive.len() else 1.0
     for ax in (acc_ax, loss_ax):
-        ax.set_xscale("log")
-        ax.set_xlabel("step (optimiser steps)")
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=0.3)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("step (optimiser steps; linear below " + f"{linthresh:g})")
         ax.grid(True, which="both", alpha=0.3)
     acc_ax.set_ylabel("accuracy")
-    acc_ax.set_ylim(-0.02, 1.02)
+    acc_ax.set_ylim(-0.02, 1.05)
     loss_ax.set_ylabel("loss")
     losses = curves.select(pl.concat_list("train_loss", "val_loss").explode()).to_series().drop_nulls().to_numpy()
     if _spans_decades(losses):
         loss_ax.set_yscale("log")
     style_handles = [
-        acc_ax.plot([], [], "k--", linewidth=1, label="train")[0],
-        acc_ax.plot([], [], "k-", linewidth=1.3, label="validation")[0],
-        acc_ax.plot([], [], "k:", linewidth=0.8, label=f"memorised (train ≥ {MEMORIZE_ACC:g})")[0],
-        acc_ax.plot([], [], "k-.", linewidth=0.8, label=f"generalised (val ≥ {GENERALIZE_ACC:g})")[0],
+        acc_ax.plot([], [], "k--", linewidth=0.8, label="train")[0],
+        acc_ax.plot([], [], "k-", linewidth=1.2, label="validation")[0],
+        acc_ax.plot([], [], "ko", markersize=4, label=f"memorised (train ≥ {MEMORIZE_ACC:g})")[0],
+        acc_ax.plot([], [], "k*", markersize=7, label=f"generalised (val ≥ {GENERALIZE_ACC:g})")[0],
     ]
     acc_ax.legend(handles=style_handles, fontsize=7, loc="center left")
-    if curves["trial_id"].n_unique() <= 12:
-        loss_ax.legend(fontsize=7, title="trial", title_fontsize=7)
+    if isinstance(legend, list) and legend:
+        loss_ax.legend(handles=legend, fontsize=7, title=_label(color_by), title_fontsize=7, loc="best")
+    elif legend is not None:
+        figure.colorbar(legend, ax=loss_ax, label=_label(color_by))
     acc_ax.set_title("Accuracy")
     loss_ax.set_title("Loss")
+    sweeps = ", ".join(sorted(set(trials["sweep"].to_list()))) if "sweep" in trials.columns else ""
+    figure.suptitle(title or f"{sweeps}: {n} job{'s' if n != 1 else ''}"
+                    + (f", coloured by {_label(color_by)}" if color_by else ""), fontsize=10)
     return _save(figure, path)

@@ -1009,3 +1009,12 @@ def _one_line(error: Exception) -> str:
     """The first meaningful line of a polars error (they append plan dumps and hints)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def job_curve(root: Root, sweep: str, trial_id: str) -> pl.DataFrame:
+    """One job's curve from its own folder (not the sweep's compacted file), deduplicated on step, sorted:
+    cheap at any sweep size, for the driver while the sweep runs."""
+    fs, base, prefix = _fs(root)
+    files = _parquet_files(fs, _curve_dir(base, sweep, trial_id))
+    return (_scan(files, CURVE_SCHEMA, prefix).unique(subset="step", keep="last", maintain_order=True)
+            .sort("step").collect())

@@ -158,21 +158,38 @@ class Study:
     x: str
     by: str | None
     metric: str
-    rows: pl.DataFrame  # [by], x, *STUDY_ROW_KEYS
+    rows: pl.DataFrame  # [by], x, *STUDY_ROW_KEYS (binned x: also x_low, x_high; x is the bin's centre)
     fit: dict[str, Any]  # FIT_KEYS; with `by`: {str(group value): FIT_KEYS}
+    censored_at: dict[tuple[Any, ...], float] = field(default_factory=dict, repr=False)  # (by, x) -> largest
+    # censoring time of the group (where the median was not reached: drawn as "> budget" there)
+    bins: int | None = None  # x was binned into this many bins (continuous x); None: one group per value
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows.to_dicts(), "fit": self.fit}
 
 
 def study(names: list[str], x: str, by: str | None = None, metric: str = "steps_to_generalize",
-          root: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> Study:
+          root: str | Path | None = None, n_boot: int = 1000, seed: int = 0, bins: int | None = None) -> Study:
     """For each x (and `by` group): n_trials, n_grokked, the KM median of `metric` with its CI, and the
-    plain median grokking_delay of the trials that grokked; plus the power-law fit of km_median vs x."""
+    plain median grokking_delay of the trials that grokked; plus the power-law fit of km_median vs x.
+
+    bins: a continuous x (a distribution in a random/Optuna sweep, where each sampled value is its own
+    group of a few seeds) is binned: None chooses a number from the data for such an x and leaves grid
+    values alone; 0 never bins; N bins into N quantile bins (log-spaced where x > 0 spans decades). A bin's
+    x is the geometric (or plain) mean of its jobs' x, and its edges are `x_low` / `x_high`."""
+    if bins is not None and bins < 0:
+        raise UserError(f"--bins: must be >= 0 (0: no binning), got {bins}")
     columns = [x] + ([by] if by else [])
     frame = time_to_event(_finished_trials(root, names, columns), metric)
+    if frame.is_empty():
+        raise UserError(f"no finished trials with a step count in sweep(s) {', '.join(names)}")
+    if bins is None:
+        bins = default_bins(frame[x]) if continuous(root, names, x) else 0
+    edges = None
+    if bins and frame[x].dtype.is_numeric() and frame[x].n_unique() > bins:
+        frame, edges = _binned(frame, x, bins)
     keys = columns[::-1]  # by first, then x
-    rows, fits = [], {}
+    rows, fits, censored_at = [], {}, {}
     group_frames = frame.sort(keys, nulls_last=True).partition_by(keys, maintain_order=True, as_dict=True)
     per_by: dict[Any, list[tuple[Any, np.ndarray, np.ndarray]]] = {}
     for key, group in group_frames.items():
@@ -183,6 +200,10 @@ def study(names: list[str], x: str, by: str | None = None, metric: str = "steps_
         row.update(n_trials=group.height, n_grokked=int(observed.sum()), km_median=median.median,
                    km_median_low=median.low, km_median_high=median.high,
                    median_delay=None if delays.is_empty() else float(delays.median()))
+        if edges is not None:
+            row.update(x_low=group["_x_low"][0], x_high=group["_x_high"][0])
+        if (~observed).any():
+            censored_at[tuple(key)] = float(times[~observed].max())
         rows.append(row)
         x_value = row[x] if isinstance(row[x], int | float) and not isinstance(row[x], bool) else None
         per_by.setdefault(row[by] if by else None, []).append((x_value, times, observed))
@@ -192,7 +213,51 @@ def study(names: list[str], x: str, by: str | None = None, metric: str = "steps_
     schema = {name: frame.schema[name] for name in keys} | {
         "n_trials": pl.Int64, "n_grokked": pl.Int64, "km_median": pl.Float64, "km_median_low": pl.Float64,
         "km_median_high": pl.Float64, "median_delay": pl.Float64}
-    return Study(x=x, by=by, metric=metric, rows=pl.DataFrame(rows, schema=schema, orient="row"), fit=fit)
+    if edges is not None:
+        schema |= {"x_low": pl.Float64, "x_high": pl.Float64}
+    return Study(x=x, by=by, metric=metric, rows=pl.DataFrame(rows, schema=schema, orient="row"), fit=fit,
+                 censored_at=censored_at, bins=None if edges is None else len(edges) - 1)
+
+
+def continuous(root: str | Path | None, names: list[str], column: str) -> bool:
+    """Whether `column` is drawn from a distribution (uniform, log_uniform_values, ... in a random or
+    Optuna sweep) in any of the sweeps, read from their saved specs: its values are not a grid."""
+    import yaml
+
+    for name in names:
+        text = store.read_sweep_file(root, name, "spec.yaml")
+        try:
+            raw = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            continue
+        if not isinstance(raw, dict) or raw.get("method") not in ("random", "optuna"):
+            continue
+        body = (raw.get("parameters") or {}).get(column)
+        if isinstance(body, dict) and "values" not in body and "value" not in body:
+            return True
+    return False
+
+
+def default_bins(values: pl.Series) -> int:
+    """About sqrt(distinct x) bins, 3 to 10, and at least ~6 jobs in each."""
+    distinct = values.drop_nulls().n_unique()
+    return int(min(10, max(3, round(math.sqrt(distinct))), max(1, values.drop_nulls().len() // 6)))
+
+
+def _binned(frame: pl.DataFrame, x: str, bins: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Replace x by its bin's centre (geometric mean on a log scale) and add `_x_low` / `_x_high`."""
+    values = frame[x].cast(pl.Float64).to_numpy()
+    finite = values[np.isfinite(values)]
+    log = finite.size > 1 and finite.min() > 0 and finite.max() / finite.min() >= 10
+    scaled = np.log(finite) if log else finite
+    edges = np.unique(np.quantile(scaled, np.linspace(0, 1, bins + 1)))
+    index = np.clip(np.searchsorted(edges, np.log(values) if log else values, side="right") - 1, 0, edges.size - 2)
+    raw_edges = np.exp(edges) if log else edges
+    frame = frame.with_columns(_bin=pl.Series(index), _x_low=pl.Series(raw_edges[index]),
+                               _x_high=pl.Series(raw_edges[index + 1]))
+    centre = (pl.col(x).cast(pl.Float64).log().mean().exp() if log else pl.col(x).cast(pl.Float64).mean())
+    frame = frame.with_columns(centre.over("_bin").alias(x))
+    return frame, raw_edges
 
 
 # --- phases (Liu et al. 2022, "Towards understanding grokking: an effective theory") ---
@@ -236,6 +301,7 @@ class PhaseDiagram:
     thresholds: PhaseThresholds
     rows: pl.DataFrame  # x, y, phase (the most common), n_trials, n_<phase> for each phase
     trials: pl.DataFrame = field(repr=False)  # sweep, trial_id, x, y, phase
+    continuous: bool = False  # x or y drawn from a distribution (random / Optuna): a scatter, not cells
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows.to_dicts(), "thresholds": vars(self.thresholds)}
@@ -258,24 +324,27 @@ def phase(names: list[str], x: str, y: str, root: str | Path | None = None,
     rows = cells.with_columns(phase=pl.Series(most, dtype=pl.String)).select(
         x, y, "phase", "n_trials", *(f"n_{p}" for p in PHASES))
     return PhaseDiagram(x=x, y=y, thresholds=thresholds, rows=rows,
-                        trials=labelled.select("sweep", "trial_id", x, y, "phase", CENSORED))
+                        trials=labelled.select("sweep", "trial_id", x, y, "phase", CENSORED),
+                        continuous=continuous(root, names, x) or continuous(root, names, y))
 
 
 # --- curves for a plot ---
 
-PLOT_TRIALS = 8
+PLOT_TRIALS = 8  # the old default; `limit` picks this many spread over the sweep when given
 
 
 def curves_for_plot(name: str, trial_ids: list[str] | None = None, root: str | Path | None = None,
-                    limit: int = PLOT_TRIALS) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(curves, trials) of the chosen trials; by default `limit` trials spread evenly over the sweep's
-    range of steps_to_generalize (censored last), so fast, slow and censored runs all show."""
+                    limit: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(curves, trials) of the chosen trials; by default every job (with `limit`: that many spread evenly
+    over the sweep's range of steps_to_generalize, censored last, so fast, slow and censored runs all show)."""
     trials = store.collect(lambda: store.trials(root, [name]))
     if trial_ids:
         unknown = sorted(set(trial_ids) - set(trials["trial_id"].to_list()))
         if unknown:
             raise UserError(f"unknown trial(s) {', '.join(unknown)} in sweep {name!r}")
         chosen = trial_ids
+    elif limit is None:
+        chosen = trials["trial_id"].to_list()
     else:
         ordered = trials.sort("steps_to_generalize", "trial_id", nulls_last=True)["trial_id"].to_list()
         picks = np.unique(np.linspace(0, len(ordered) - 1, min(limit, len(ordered))).round().astype(int))
@@ -285,3 +354,18 @@ def curves_for_plot(name: str, trial_ids: list[str] | None = None, root: str | P
         raise UserError(f"no curves stored for {'trial(s) ' + ', '.join(chosen) if trial_ids else 'sweep'} "
                         f"in sweep {name!r}")
     return curves, trials.filter(pl.col("trial_id").is_in(chosen))
+
+
+def swept_columns(root: str | Path | None, name: str) -> list[str]:
+    """The parameters a sweep searches (not constants), from its saved spec; [] if it has none."""
+    import yaml
+
+    text = store.read_sweep_file(root, name, "spec.yaml")
+    try:
+        raw = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return []
+    parameters = raw.get("parameters") if isinstance(raw, dict) else None
+    if not isinstance(parameters, dict):
+        return []
+    return [k for k, body in parameters.items() if not (isinstance(body, dict) and set(body) == {"value"})]

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from orchestrator import UserError, budgets, lease, reconcile, store, tune_storage
+from orchestrator import UserError, budgets, lease, live_report, reconcile, store, tune_storage
 from orchestrator.jobs import make_packs, pack_sizes
 from orchestrator.results_root import ResultsRoot
 from orchestrator.runtime import RaySession, ray_session
@@ -272,6 +272,7 @@ def _drive(spec: SweepSpec, root: str, session: RaySession | None, progress: boo
     """Tune runs over what is owed until nothing is, or until something stops them (Ctrl-C, or the lease
     taken over by another process: then this one stops writing)."""
     fit_s, passes, interrupted = 0.0, 0, False
+    live_report.start(root, spec.name)  # its own low-priority process; ends when this run's lease does
     try:
         while not interrupted:
             for _ in range(MAX_PASSES):
@@ -336,7 +337,7 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
     if optuna:
         from orchestrator.optuna_search import make_searcher
 
-        search_alg, _ = make_searcher(spec, reconcile.journal_path(root, spec.name))
+        search_alg, _ = make_searcher(spec, reconcile.journal_path(root, spec.name), root)
         n_trials = plan.optuna_unfinished + plan.optuna_to_ask
         packs: list = []
         param_space: dict[str, Any] = {}
@@ -352,7 +353,7 @@ def _fit(spec: SweepSpec, root: str, plan: reconcile.Plan, progress: bool, held:
                                     {"cpu": spec.cpu, "gpu": spec.gpu})
     callbacks: list = [FailedPackCallback(spec, root, packs)]
     if progress:
-        callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run))
+        callbacks.append(ProgressCallback(spec, plan.n_owed, jobs_this_run, packs=packs))
     storage_path, storage_filesystem = tune_storage.location(store.sweep_dir(root, spec.name))
     stopper = InterruptStopper()
     WATCHED_LEASES[stopper.key] = held

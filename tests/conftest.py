@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/drills.py
+# no live report page during the suite's many small sweeps (2 cores); tests/test_report.py tests it
+os.environ.setdefault("GROKSWEEP_REPORT_EVERY_S", "0")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator import store
 from orchestrator.cli import app
 
-RESULTS_COMMANDS = ("query", "study", "phase", "plot")
+RESULTS_COMMANDS = ("query", "study", "phase", "plot", "report")
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,24 @@ def test_every_results_command_has_help():
     for command in RESULTS_COMMANDS:
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example: groksweep " + command in result.stdout.replace("\n", " ")
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"groksweep {version('groksweep')}"
+
+
+def test_flags_show_no_bool_placeholder():
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    for args in [["--help"], *([name, "--help"] for name in names)]:
+        result = invoke(*args)
+        assert result.exit_code == 0 and "<bool>" not in result.stdout, args
+
+
+def test_finding_nothing_names_the_results_root(root, tmp_path):
+    result = invoke("ls", "--results", str(tmp_path))
+    assert result.exit_code == 0 and result.stdout.strip() == f"no sweeps under {tmp_path}"
+    result = invoke("query", "SELECT trial_id FROM trials WHERE false", "--results", root, "--format", "json")
+    assert result.exit_code == 0 and result.stdout.strip() == "[]" and root in result.stderr

@@ -173,11 +173,13 @@ def test_phase_classification(sweep_root):
 def test_plots_are_written(sweep_root, tmp_path):
     result = studies.study(["wd"], x="weight_decay", root=sweep_root, n_boot=20)
     diagram = studies.phase(["wd"], x="weight_decay", y="lr", root=sweep_root)
-    curves, trials = studies.curves_for_plot("wd", None, sweep_root)
+    every, _ = studies.curves_for_plot("wd", None, sweep_root)  # default: every job
+    assert set(every["trial_id"]) == set(store.trials(sweep_root, ["wd"]).collect()["trial_id"]) - {"still-running"}
+    curves, trials = studies.curves_for_plot("wd", None, sweep_root, limit=studies.PLOT_TRIALS)
     assert trials.height == studies.PLOT_TRIALS and set(curves["trial_id"]) == set(trials["trial_id"])
     assert trials["censored"].any() and not trials["censored"].all()  # spread: fast, slow and censored runs
     for path in (plots.study_plot(result, tmp_path / "study.png"), plots.phase_plot(diagram, tmp_path / "p.png"),
-                 plots.curves_plot(curves, trials, tmp_path / "c.png")):
+                 plots.curves_plot(curves, trials, tmp_path / "c.png", color_by="weight_decay")):
         image = imread(path)
         assert image.shape[0] > 400 and image.shape[1] > 400
         assert image[..., :3].std() > 0.05  # not a blank canvas

@@ -101,6 +101,12 @@ def _assert_journal_agrees(root, spec, table: pl.DataFrame) -> None:
         objective = [r["steps_to_generalize"] if r["steps_to_generalize"] is not None else penalty(max_steps)
                      for r in job_rows]
         assert trial.value == pytest.approx(sum(objective) / len(objective))
+        if not spec.multi_objective:  # its learning curve for optuna-dashboard: mean val_acc over seeds per step
+            curves = store.collect(lambda: store.curves(root, [spec.name]).filter(  # noqa: B023
+                pl.col("trial_id").is_in([job.job_id for job in jobs])))  # noqa: B023
+            means = curves.group_by("step").agg(pl.col("val_acc").mean())
+            assert trial.intermediate_values == pytest.approx(dict(means.iter_rows()))
+            assert len(trial.intermediate_values) == curves["step"].n_unique() > 1
 
 
 def test_optuna_sweep_journal_agrees_with_the_rows(local_ray, tmp_path):

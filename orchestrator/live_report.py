@@ -1,0 +1,103 @@
+"""The report page kept fresh during a sweep: `<root>/sweeps/<name>/report.html`, rewritten every
+GROKSWEEP_REPORT_EVERY_S seconds (default 180; 0: off) by a separate process at the lowest CPU priority
+(nice 19), never by the driver, so the page costs the sweep nothing it would notice.
+
+The driver only starts it (`start`). The process watches the sweep's lease: once the process that started
+it no longer holds the lease (the run ended, was interrupted, or was killed), it writes the page one last
+time and exits. Local roots only (the lease tells liveness there).
+
+    python -m orchestrator.live_report ROOT NAME --every 180 --parent PID
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ENV = "GROKSWEEP_REPORT_EVERY_S"
+DEFAULT_EVERY_S = 180.0
+PAGE = "report.html"
+POLL_S = 1.0
+
+
+def every_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(ENV, DEFAULT_EVERY_S)))
+    except ValueError:
+        return DEFAULT_EVERY_S
+
+
+def page_path(root: str, name: str) -> Path:
+    from orchestrator import store
+
+    return Path(store.sweep_dir(root, name)) / PAGE
+
+
+def start(root: str, name: str, every: float | None = None) -> subprocess.Popen | None:
+    """Start the refresher for this process's run of the sweep; None when off or the root is remote."""
+    from orchestrator.results_root import ResultsRoot
+
+    every = every_s() if every is None else every
+    if every <= 0 or ResultsRoot.of(root).remote:
+        return None
+    log = page_path(root, name).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as errors:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.live_report", root, name, "--every", str(every),
+             "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+            start_new_session=True)  # Ctrl-C to the driver's terminal does not cut the final page short
+
+
+def _parent_holds(root: str, name: str, parent: int) -> bool:
+    from orchestrator import lease
+    from orchestrator.sweep import lease_dir
+
+    holder = lease.live_holder(lease_dir(root, name))
+    return holder is not None and holder.pid == parent
+
+
+def _write(root: str, name: str) -> None:
+    from orchestrator.report import write_report
+
+    try:
+        write_report([name], page_path(root, name), root)
+    except Exception as error:  # a sweep with no rows yet, a store mid-compaction: try again next time
+        print(f"{time.strftime('%H:%M:%S')} report not written: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def refresh(root: str, name: str, every: float, parent: int, grace_s: float = 30.0) -> None:
+    """Write the page every `every` seconds while `parent` holds the sweep's lease (waiting up to `grace_s`
+    for it to take the lease first), then once more."""
+    deadline = time.monotonic() + grace_s
+    while not _parent_holds(root, name, parent):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(POLL_S)
+    due = time.monotonic() + every
+    while _parent_holds(root, name, parent):
+        if time.monotonic() >= due:
+            _write(root, name)
+            due = time.monotonic() + every
+        time.sleep(POLL_S)
+    _write(root, name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Keep a sweep's report page fresh while it runs.")
+    parser.add_argument("root")
+    parser.add_argument("name")
+    parser.add_argument("--every", type=float, default=DEFAULT_EVERY_S)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    os.nice(19)
+    refresh(args.root, args.name, args.every, args.parent)
+
+
+if __name__ == "__main__":
+    main()
