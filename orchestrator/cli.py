@@ -58,7 +58,7 @@ ResultsOpt = Annotated[
     str | None, typer.Option("--results", help="Results root (default $GROKSWEEP_RESULTS or ./results).")
 ]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Join this Ray cluster (or $RAY_ADDRESS).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="table | json")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table | json", metavar="[table|json]")]
 SkipCorruptOpt = Annotated[bool, typer.Option("--skip-corrupt", help="Leave out result files that are not readable "
                                               "Parquet (each named in a warning) instead of stopping.")]
 
@@ -480,7 +480,7 @@ def rm(name: NameOpt, results: ResultsOpt = None,
     root = sweeps.resolve_root(results)
     store.check_name("sweep", name)
     if name not in sweeps.list_sweep_names(root):
-        fail(f"no sweep named {name!r} under {root}")
+        fail(str(store.unknown_sweep(name, root, sweeps.list_sweep_names(root))))
     if not yes and not typer.confirm(f"Delete sweep {name!r} and all its results under {root}?"):
         fail("not deleted", code=1)
     sweeps.remove_sweep(name, root, notice=_notice)
@@ -558,7 +558,8 @@ def _emit(text: str, output: str | None) -> None:
 def query(
     sql: Annotated[str, typer.Argument(help="Polars SQL over the tables `trials` and `curves`.")],
     results: ResultsOpt = None,
-    format: Annotated[str, typer.Option("--format", help="table | csv | json | parquet")] = "table",
+    format: Annotated[str, typer.Option("--format", help="table | csv | json | parquet",
+                                        metavar="[table|csv|json|parquet]")] = "table",
     output: Annotated[str | None, typer.Option("--output", help="Write here instead of stdout.")] = None,
     skip_corrupt: SkipCorruptOpt = False,
 ) -> None:

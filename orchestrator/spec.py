@@ -62,6 +62,14 @@ SpecLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: float
     loader.construct_scalar(node).lower().replace(".inf", "inf").replace(".nan", "nan")))
 
 
+def did_you_mean(word: str, known: Any) -> str:
+    """` (did you mean 'weight_decay'?)` for a near miss, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def load_yaml(text: str, source: str = "spec") -> Any:
     """Parse a spec's YAML within the limits above; UserError (one line) when it is over one."""
     if len(text.encode()) > MAX_SPEC_BYTES:
@@ -83,7 +91,10 @@ def load_yaml(text: str, source: str = "spec") -> Any:
     except RecursionError:
         raise UserError(f"{source}: nested more than {MAX_SPEC_DEPTH} levels deep") from None
     except yaml.YAMLError as error:
-        raise UserError(f"{source}: not valid YAML: {str(error).splitlines()[0]}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{source}: not valid YAML{where}: {problem}") from None
     finally:
         loader.dispose()
 
@@ -370,7 +381,7 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     _check_numbers(raw, problems)
     for key in raw:
         if key not in TOP_KEYS:
-            problems.append(f"{key}: unknown spec key; allowed: {', '.join(TOP_KEYS)}")
+            problems.append(f"{key}: unknown spec key{did_you_mean(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}")
 
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -386,7 +397,8 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         base = {}
     for key in base:
         if key != "preset" and key not in FIELD_NAMES:
-            problems.append(f"base.{key}: unknown config field; known: preset, {', '.join(FIELD_NAMES)}")
+            problems.append(f"base.{key}: unknown config field{did_you_mean(key, FIELD_NAMES)}; known: preset, "
+                            f"{', '.join(FIELD_NAMES)}")
     if "seed" in base:
         problems.append("base.seed: seeds are set by the top-level `seeds` list, never in base")
     if "preset" in base and base["preset"] not in PRESETS:
@@ -544,7 +556,8 @@ def _parse_parameters(value: Any, method: str, problems: list[str]) -> dict[str,
             problems.append(f"{where}: seeds are never searched; list them in the top-level `seeds`")
             continue
         if name not in FIELD_NAMES:
-            problems.append(f"{where}: unknown config field; known: {', '.join(FIELD_NAMES)}")
+            problems.append(f"{where}: unknown config field{did_you_mean(where.rsplit('.', 1)[-1], FIELD_NAMES)}; "
+                            f"known: {', '.join(FIELD_NAMES)}")
             continue
         if not isinstance(body, dict):
             problems.append(f"{where}: a mapping with `values`, `value`, or `distribution` + `min`/`max`")

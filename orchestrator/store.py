@@ -126,6 +126,11 @@ def _fs(root: Root) -> tuple[pafs.FileSystem, str, str | None]:
     return where.fs, where.base, where.prefix
 
 
+def unknown_sweep(name: str, root: Any, known: list[str]) -> UserError:
+    """The one wording for a sweep name that is not there, whichever command met it."""
+    return UserError(f"no sweep named {name!r} under {root} (sweeps there: {', '.join(known) or 'none'})")
+
+
 def sweep_dir(root: Root, name: str) -> str:
     """Where a sweep's own files live: <root>/sweeps/<name> (a local path, or a URI for remote roots)."""
     return ResultsRoot.of(root).uri_of("sweeps", check_name("sweep", name))
@@ -905,9 +910,7 @@ def _table_files(root: Root, table: str, names: list[str] | None) -> tuple[list[
     known = sweeps(root)
     for name in names:
         if name not in known:
-            shown = ", ".join(known) if known else "none"
-            raise UserError(f"unknown sweep {name!r} under {root if root is not None else default_root()} "
-                            f"(known: {shown})")
+            raise unknown_sweep(name, root if root is not None else default_root(), known)
     return [f for name in names for f in _sweep_files(fs, base, table, name)], prefix
 
 

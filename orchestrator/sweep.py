@@ -87,8 +87,7 @@ def load_sweep_spec(root: str, name: str) -> SweepSpec:
     store.check_name("sweep", name)
     text = store.read_sweep_file(root, name, SPEC_FILE)
     if text is None or not sweep_exists(root, name):
-        known = ", ".join(list_sweep_names(root)) or "none"
-        raise UserError(f"no sweep named {name!r} under {root} (sweeps there: {known})")
+        raise store.unknown_sweep(name, root, list_sweep_names(root))
     return load_spec_text(text.decode(), name=name)
 
 
@@ -433,7 +432,7 @@ def remove_sweep(name: str, results: str | Path | None = None, notice: Any = Non
     root = resolve_root(results)
     store.check_name("sweep", name)
     if name not in list_sweep_names(root):
-        raise UserError(f"no sweep named {name!r} under {root}")
+        raise store.unknown_sweep(name, root, list_sweep_names(root))
     refuse_untrusted(root, name)
     directory = lease_dir(root, name)
     with lease.acquire(directory, f"rm {name}", name=name, notice=notice) as held:

@@ -65,12 +65,12 @@ def test_query_formats_and_output(root, tmp_path, monkeypatch):
     (("query", "SELECT * FROM runs"), "relation 'runs' was not found"),
     (("query", "SELECT 1", "--format", "xml"), "--format"),
     (("query", "SELECT 1", "--format", "parquet"), "--output"),
-    (("study", "nope", "--x", "weight_decay"), "unknown sweep 'nope'"),
+    (("study", "nope", "--x", "weight_decay"), "no sweep named 'nope'"),
     (("study", "wd", "--x", "nope"), "unknown column 'nope'"),
     (("study", "wd", "--x", "weight_decay", "--metric", "val_acc"), "not an event"),
-    (("phase", "nope", "--x", "weight_decay", "--y", "lr"), "unknown sweep 'nope'"),
+    (("phase", "nope", "--x", "weight_decay", "--y", "lr"), "no sweep named 'nope'"),
     (("phase", "wd", "--x", "weight_decay", "--y", "lr", "--generalize-acc", "2"), "--generalize-acc"),
-    (("plot", "nope"), "unknown sweep 'nope'"),
+    (("plot", "nope"), "no sweep named 'nope'"),
     (("plot", "wd", "--trial", "nope"), "unknown trial(s) nope"),
 ])
 def test_user_errors_are_one_plain_line_and_write_nothing(root, tmp_path, args, message):

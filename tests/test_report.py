@@ -45,7 +45,7 @@ def test_report_cli_writes_one_self_contained_page(sweep_root, tmp_path):
 
 def test_report_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_root, tmp_path):
     root, _ = sweep_root
-    cases = [(["report", "nope"], "unknown sweep"),
+    cases = [(["report", "nope"], "no sweep named"),
              (["report", "synth", "--color-by", "nonsense"], "--color-by"),
              (["report", "synth", "--output", str(tmp_path)], "--output")]
     for args, expected in cases:

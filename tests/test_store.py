@@ -196,7 +196,7 @@ def test_old_partitions_without_newer_columns_still_scan(tmp_path):
 
 def test_unknown_sweep_and_bad_names(tmp_path):
     assert store.write_trial_row(tmp_path, _completed("s", "t0"))
-    with pytest.raises(UserError, match="unknown sweep 'nope'.*known: s"):
+    with pytest.raises(UserError, match="no sweep named 'nope'.*sweeps there: s"):
         store.trials(tmp_path, ["nope"])
     with pytest.raises(UserError, match="sweep"):
         store.trial_row("../escape", "t0", {}, store.RUNNING)

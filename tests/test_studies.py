@@ -142,7 +142,7 @@ def test_study_counts_censored_trials_and_fits(sweep_root):
 def test_study_errors(sweep_root):
     with pytest.raises(UserError, match="unknown column 'nope'"):
         studies.study(["wd"], x="nope", root=sweep_root)
-    with pytest.raises(UserError, match="unknown sweep 'other'"):
+    with pytest.raises(UserError, match="no sweep named 'other'"):
         studies.study(["other"], x="weight_decay", root=sweep_root)
     with pytest.raises(UserError, match="not an event"):
         studies.study(["wd"], x="weight_decay", metric="val_acc", root=sweep_root)
