@@ -276,6 +276,57 @@ def _job_lines(figure: Any, data: ReportData, trials: pl.DataFrame, labels: pl.S
         shown.add(group)
 
 
+def aligned_section(data: ReportData, max_lines: int = MAX_LINES) -> Section:
+    """Validation accuracy against steps since memorisation (step - steps_to_memorize): the plateau and the
+    jump of every memorised job on one clock, so that the delay, not the memorisation time, lines up."""
+    import plotly.graph_objects as go
+
+    trials = data.trials.filter(pl.col("steps_to_memorize").is_not_null()
+                                & pl.col("trial_id").is_in(data.curves["trial_id"].unique().implode()))
+    if trials.is_empty():
+        return Section("aligned", "Aligned at memorisation", note="No job has memorised yet.")
+    labels = groups_of(trials, data.color_by)
+    order = _group_order(labels, trials, data.color_by)
+    colors = dict(zip(order, _palette(len(order)), strict=True))
+    memorised = dict(zip(trials["trial_id"].to_list(), trials["steps_to_memorize"].to_list(), strict=True))
+    group_of = dict(zip(trials["trial_id"].to_list(), labels.to_list(), strict=True))
+    curves = (data.curves.filter(pl.col("trial_id").is_in(list(memorised)))
+              .with_columns((pl.col("step") - pl.col("trial_id").replace_strict(memorised, return_dtype=pl.Int64))
+                            .alias("since")).sort("since"))
+    figure, shown = go.Figure(), set()
+    if trials.height <= max_lines:
+        rows = {row["trial_id"]: row for row in trials.iter_rows(named=True)}
+        for (trial_id,), curve in sorted(curves.partition_by("trial_id", as_dict=True).items(),
+                                         key=lambda item: (group_of[item[0][0]], item[0][0])):
+            group = group_of[trial_id]
+            keep = _thin(curve["since"].to_numpy(), limit=MAX_POINTS)
+            figure.add_trace(go.Scatter(
+                x=curve["since"].to_numpy()[keep], y=curve["val_acc"].to_numpy()[keep], mode="lines", name=group,
+                legendgroup=group, showlegend=group not in shown, line={"color": colors[group], "width": 1.2},
+                opacity=0.85, hovertemplate=_config_text(rows[trial_id], data.swept)
+                + "<br>%{x} steps after memorising: val_acc %{y:.3f}<extra></extra>"))
+            shown.add(group)
+        note = f"Every memorised job ({trials.height}); x = 0 is the step it memorised (train_acc >= 0.99)."
+    else:
+        grid = np.linspace(0, float(curves["since"].max()), GRID_POINTS)
+        for group in order:
+            ids = [t for t, g in group_of.items() if g == group]
+            values = np.full((len(ids), grid.size), np.nan)
+            for i, (_, curve) in enumerate(curves.filter(pl.col("trial_id").is_in(ids))
+                                           .partition_by("trial_id", as_dict=True).items()):
+                since, acc = curve["since"].to_numpy().astype(float), curve["val_acc"].to_numpy()
+                values[i] = np.interp(grid, since, acc, left=np.nan, right=acc[-1])
+            figure.add_trace(go.Scatter(x=grid, y=_nanquantiles(values, [0.5])[0], mode="lines", name=group,
+                                        line={"color": colors[group], "width": 2}))
+        note = (f"{trials.height} memorised jobs (more than {max_lines}): per group the median validation "
+                "accuracy against steps since memorising.")
+    figure.update_layout(xaxis={"title": "steps since memorisation"},
+                         yaxis={"title": "validation accuracy", "range": [-0.02, 1.02]},
+                         legend={"title": {"text": data.color_by or ""}}, height=420, margin={"t": 30},
+                         hovermode="closest")
+    return Section("aligned", "Aligned at memorisation", figure=figure, note=note)
+
+
 def _grid(curves: pl.DataFrame) -> np.ndarray:
     steps = curves["step"].to_numpy()
     positive = steps[steps > 0]
@@ -683,7 +734,8 @@ text-align:right}th{background:#f2f2f2}
 def sections(data: ReportData, max_lines: int = MAX_LINES) -> list[Section]:
     """Every part of the page; one that cannot be drawn from this data says why instead of sinking the page."""
     builders = [("summary", summary_section, ()), ("curves", curves_section, (max_lines,)),
-                ("survival", survival_section, ()), ("scaling", scaling_section, ()), ("phase", phase_section, ()),
+                ("aligned", aligned_section, (max_lines,)), ("survival", survival_section, ()),
+                ("scaling", scaling_section, ()), ("phase", phase_section, ()),
                 ("parallel", parallel_section, (max_lines,)), ("ranked", ranked_section, ()),
                 ("importance", importance_section, ()), ("progress", progress_section, ())]
     parts = []

@@ -84,6 +84,11 @@ def test_bands_beyond_max_lines(sweep_root):
     groups = data.trials["weight_decay"].n_unique()
     assert len(bands.figure.data) == 4 * groups  # per group: two bands, the median, the training median
     assert "more than" in bands.note
+    aligned = report.aligned_section(data, max_lines=len(ids))  # x = 0 at each job's memorisation step
+    memorised = data.trials.filter(pl.col("steps_to_memorize").is_not_null())
+    assert len(aligned.figure.data) == memorised.height > 0
+    assert sorted(-trace.x[0] for trace in aligned.figure.data) == sorted(memorised["steps_to_memorize"])
+    assert len(report.aligned_section(data, max_lines=1).figure.data) == memorised["weight_decay"].n_unique()
     every = report.parallel_section(data, max_lines=len(ids))
     assert len(every.figure.data[0].dimensions[0].values) == len(ids)
     pooled = report.parallel_section(data, max_lines=len(ids) - 1)  # one line per configuration and outcome
