@@ -453,7 +453,7 @@ def query(
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(output)
     elif format == "csv":
-        _emit(frame.write_csv(), output)
+        _emit(store.lists_as_text(frame).write_csv(), output)  # list columns as JSON array text
     elif format == "json":
         _emit(frame.write_json(), output)
     else:

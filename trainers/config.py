@@ -57,6 +57,8 @@ class TrainConfig:
     confirm_evals: int = 3
     dtype: str = "float32"  # float32 | float64
     threads: int | None = None  # torch intra-op threads; results reproduce for a given count
+    # --- measures (added later: a field's default is what an older checkpoint or row means) ---
+    progress_measures: str = "cheap"  # none | cheap | full: Nanda 2023's progress measures (trainers/progress.py)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -77,6 +79,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("cross_entropy", "mse", "stablemax"),
     "grokfast": ("none", "ema", "ma"),
     "dtype": ("float32", "float64"),
+    "progress_measures": ("none", "cheap", "full"),
 }
 
 _POSITIVE_INT = ("p", "width", "layers", "d_model", "heads", "d_mlp", "max_steps", "eval_every",
@@ -180,6 +183,13 @@ def coerce(name: str, value: Any) -> Any:
     if base is str and not isinstance(value, str):
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+def with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict completed with each missing field's default: a checkpoint or row written before a
+    field existed means that default (the rule for every field added later)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {**defaults, **values}
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
