@@ -560,6 +560,25 @@ def plot(
     typer.echo(str(path))
 
 
+@app.command(rich_help_panel="Results")
+@user_errors
+def inspect(
+    name: Annotated[str, typer.Argument(help="Sweep name (`train` for `groksweep train --results` runs).")],
+    trial_id: Annotated[str, typer.Argument(help="The job's trial id.")],
+    output: Annotated[str | None, typer.Option("--output", help="PNG path (default NAME-TRIAL_ID.png).")] = None,
+    results: ResultsOpt = None,
+) -> None:
+    """One job's figure from its stored curve: accuracy and loss with events, the embedding's Fourier spectrum
+    at memorisation and at the end, restricted/excluded loss, concentration and weight norms per group.
+
+    Example: groksweep inspect wd-study c0003-s1-4be1a0 --output job.png
+    """
+    from orchestrator import plots, studies
+
+    curve, row = studies.job_for_inspect(name, trial_id, results)
+    typer.echo(str(plots.inspect_plot(curve, row, output or f"{name}-{trial_id}.png")))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

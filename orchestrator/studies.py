@@ -285,3 +285,12 @@ def curves_for_plot(name: str, trial_ids: list[str] | None = None, root: str | P
         raise UserError(f"no curves stored for {'trial(s) ' + ', '.join(chosen) if trial_ids else 'sweep'} "
                         f"in sweep {name!r}")
     return curves, trials.filter(pl.col("trial_id").is_in(chosen))
+
+
+def job_for_inspect(name: str, trial_id: str, root: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+    """(curve, row) of one job for `groksweep inspect`; the row may be missing while it runs (then {})."""
+    trials = store.collect(lambda: store.trials(root, [name]).filter(pl.col("trial_id") == trial_id))
+    curve = store.collect(lambda: store.curves(root, [name]).filter(pl.col("trial_id") == trial_id))
+    if curve.is_empty():
+        raise UserError(f"no curve stored for trial {trial_id!r} in sweep {name!r}")
+    return curve, (trials.row(0, named=True) if trials.height else {"sweep": name, "trial_id": trial_id})

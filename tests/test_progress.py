@@ -240,3 +240,44 @@ def test_checkpoint_from_before_a_field_existed_resumes_with_its_default(tmp_pat
     assert resumed == whole
     with pytest.raises(Exception, match="another config"):  # a different value is still another config
         run(config.replace(progress_measures="full"), checkpoint_dir=tmp_path)
+
+
+# ----- through the store and the CLI: list columns survive every output; `inspect` draws a job ----------
+
+def test_list_columns_survive_parquet_csv_json_and_inspect_draws_the_job(tmp_path):
+    import csv
+    import io
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator import store
+    from orchestrator.cli import app
+
+    runner = CliRunner()
+    results = str(tmp_path / "results")
+    trained = runner.invoke(app, ["train", "--preset", "tiny", "--set", "threads=1", "--set", "max_steps=100",
+                                  "--results", results])
+    assert trained.exit_code == 0, trained.output
+    curve = store.curves(results).sort("step").collect()
+    assert curve.schema["fourier_spectrum"] == store.CURVE_SCHEMA["fourier_spectrum"]
+    last = curve.row(-1, named=True)
+    assert len(last["fourier_spectrum"]) == 15 and all(1 <= k <= 15 for k in last["key_frequencies"])
+    assert last["neuron_frequencies"] is None  # `full` only
+    sql = "select step, fourier_spectrum, key_frequencies, neuron_frequencies from curves order by step"
+    as_csv = runner.invoke(app, ["query", sql, "--results", results, "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert json.loads(rows[-1]["fourier_spectrum"]) == last["fourier_spectrum"]  # exact: shortest round-trip text
+    assert json.loads(rows[-1]["key_frequencies"]) == last["key_frequencies"]
+    assert rows[-1]["neuron_frequencies"] == ""
+    as_json = runner.invoke(app, ["query", sql, "--results", results, "--format", "json"])
+    assert json.loads(as_json.stdout)[-1]["key_frequencies"] == last["key_frequencies"]
+
+    trial_id = store.trials(results).collect()["trial_id"][0]
+    png = tmp_path / "job.png"
+    drawn = runner.invoke(app, ["inspect", "train", trial_id, "--results", results, "--output", str(png)])
+    assert drawn.exit_code == 0, drawn.output
+    assert drawn.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = runner.invoke(app, ["inspect", "train", "t000000000000", "--results", results])
+    assert missing.exit_code != 0 and "no curve stored" in missing.output
