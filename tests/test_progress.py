@@ -92,7 +92,7 @@ def test_measures_equal_a_by_hand_projection(op, model, p):
         for parameter in net.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
     meter = ProgressMeter("full", op, p, "cross_entropy", model, data.labels, data.train_idx, data.val_idx,
-                          net.inputs(data.a, data.b))
+                          net.inputs(data.a, data.b), torch.float64)
     inputs = net.inputs(data.a, data.b)
     with torch.no_grad():
         got = meter(net, net(inputs[data.train_idx]), net(inputs[data.val_idx]))

@@ -111,7 +111,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     val = (inputs[data.val_idx], data.labels[data.val_idx])
     modular = config.op in MODULAR
     progress = ProgressMeter(config.progress_measures, config.op, data.n_symbols, config.loss, config.model,
-                             data.labels, data.train_idx, data.val_idx, inputs)
+                             data.labels, data.train_idx, data.val_idx, inputs, dtype)
 
     step, history, wall_before = 0, [], 0.0
     saved = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
