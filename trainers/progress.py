@@ -8,9 +8,14 @@ Definitions (sources: ../shared/research/interpretability.md; Nanda et al. 2023,
 - `key_frequencies`: the smallest set of frequencies, strongest first, holding KEY_SHARE of the squared norm
   (constant excluded). A share, not a top-k: Nanda's transformer concentrates on ~5 frequencies, Gromov's MLP
   uses nearly all of them (one per neuron), and a fixed share reads both.
-- `restricted_loss`: the loss over all p^2 inputs of the logits kept only on the key directions
-  cos/sin(w_k s), s = a + b (a - b for x-y), per answer class, plus Nanda's bias fix (the mean over inputs
-  of what was removed, per class). `excluded_loss`: the training loss with those directions removed.
+- `restricted_loss`: the validation loss of the logits kept only on the key directions cos/sin(w_k s),
+  s = a + b (a - b for x-y), per answer class, plus Nanda's bias fix (the per-class mean over inputs of what
+  was removed). `excluded_loss`: the training loss with that same component removed.
+  The component is fitted to the held-out logits (their mean per s). Nanda fixes the keys on the final
+  model, so they are few; chosen live, before a circuit exists they are nearly every frequency, and then
+  the component along functions of s fitted over all p^2 inputs carries the memorised training answers
+  themselves (for x+y, s is the label): restricted loss drops to ~0.1 at memorisation with weight decay 0
+  and no circuit (measured on tiny_transformer). Fitted on held-out inputs it cannot see a training label.
 - `neuron_frequency_share`: the mean over hidden neurons of the share held by each neuron's strongest
   frequency. MLP (cheap): of its input weights (both halves). Transformer (`full` only): of the variance of
   its activation at `=` over the p^2 grid in the frequency's {1, cos k, sin k}^2 block (Nanda's "clean
