@@ -14,6 +14,10 @@ divided by eval_every. Element-wise work is not counted; neither is what cannot 
 
     flock /tmp/groksweep-cpu.lock python benchmarks/trainer_speed.py            # ms/step, ~1 minute
     flock /tmp/groksweep-cpu.lock python benchmarks/trainer_speed.py --full     # also whole runs: events
+
+Against the reference our side runs with progress_measures=none (the reference computes none); then the
+cost of the progress measures: ours with `cheap` (and `full`) against `none`, in adjacent pairs of fresh
+processes, the order alternating, at each preset's default eval_every.
 """
 
 from __future__ import annotations
@@ -145,10 +149,14 @@ def sgemm_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
+MEASURE_LEVELS = ("none", "cheap", "full")  # sides that are ours with that progress_measures
+
+
 def worker(side: str, name: str, steps: int | None) -> dict:
     """Train one side in this (fresh) process; time the steady state between evaluations."""
     torch.set_num_threads(THREADS)
-    overrides = dict(threads=THREADS, dtype="float32")
+    level = side if side in MEASURE_LEVELS else "none"
+    overrides = dict(threads=THREADS, dtype="float32", progress_measures=level)
     if steps is not None:
         overrides.update(max_steps=steps, stop_on_generalize=False)
     config = preset(name, **overrides)
@@ -162,7 +170,7 @@ def worker(side: str, name: str, steps: int | None) -> dict:
         tracker.update(row["step"], row)
         return config.stop_on_generalize and tracker.streak >= config.confirm_evals
 
-    if side == "ours":
+    if side == "ours" or side in MEASURE_LEVELS:
         run(config, report=lambda ev: on_eval({"step": ev.step, **ev.metrics}))
     else:
         reference_run(config, on_eval)
@@ -192,6 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also run both sides to their events (nanda2023: ~15 min)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); best kept")
+    parser.add_argument("--measure-rounds", type=int, default=5,
+                        help="adjacent none/cheap/full triples for the cost of the progress measures (0: skip)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS, help="default: both")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "PRESET"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -225,6 +235,19 @@ def main() -> None:
         print(f"{'':<10} ratio of each adjacent pair: median {statistics.median(paired):.2f} "
               f"(min {paired[0]:.2f}, max {paired[-1]:.2f})")
         print(f"{'':<10} {agreement(pairs[0]['reference'], pairs[0]['ours'])}")
+    if args.measure_rounds:
+        print(f"\ncost of the progress measures (ours, default eval_every, {args.measure_rounds} rounds of adjacent "
+              "runs, order alternating): ms/step, median and range of the paired ratio to none")
+        for name in args.presets:
+            rounds = []
+            for i in range(args.measure_rounds):
+                order = MEASURE_LEVELS if i % 2 == 0 else MEASURE_LEVELS[::-1]
+                rounds.append({level: spawn(level, name, steps[name])["ms_per_step"] for level in order})
+            for level in MEASURE_LEVELS:
+                ratios = sorted(r[level] / r["none"] for r in rounds)
+                print(f"{name:<10} {level:<6} {statistics.median(r[level] for r in rounds):8.2f} ms/step  "
+                      f"x{statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f}) "
+                      f"eval_every {preset(name).eval_every}")
     if args.full:
         print("\nwhole runs (each preset's budget, stop on confirmed generalisation): events")
         for name in args.presets:

@@ -534,15 +534,6 @@ def _table(frame: Any, title: str | None = None) -> str:
     return (f"{title}\n" if title else "") + text + more
 
 
-def _csv_ready(frame: Any) -> Any:
-    """CSV has no lists: a list column (e.g. budget_history) is written as its JSON text, `[105,400]`."""
-    import polars as pl
-
-    return frame.with_columns(pl.concat_str(pl.lit("["), pl.col(name).cast(pl.List(pl.String)).list.join(","),
-                                            pl.lit("]")).alias(name)
-                              for name, dtype in frame.schema.items() if isinstance(dtype, pl.List))
-
-
 def _emit(text: str, output: str | None) -> None:
     if output is None:
         typer.echo(text.removesuffix("\n"))
@@ -583,7 +574,7 @@ def query(
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(output)
     elif format == "csv":
-        _emit(_csv_ready(frame).write_csv(), output)
+        _emit(store.lists_as_text(frame).write_csv(), output)  # list columns as JSON array text
     elif format == "json":
         _emit(frame.write_json(), output)
     else:
@@ -745,6 +736,25 @@ def report(
     from orchestrator.report import write_report
 
     typer.echo(str(write_report(names, output, results, color_by)))
+
+
+@app.command(rich_help_panel="Results")
+@user_errors
+def inspect(
+    name: Annotated[str, typer.Argument(help="Sweep name (`train` for `groksweep train --results` runs).")],
+    trial_id: Annotated[str, typer.Argument(help="The job's trial id.")],
+    output: Annotated[str | None, typer.Option("--output", help="PNG path (default NAME-TRIAL_ID.png).")] = None,
+    results: ResultsOpt = None,
+) -> None:
+    """One job's figure from its stored curve: accuracy and loss with events, the embedding's Fourier spectrum
+    at memorisation and at the end, restricted/excluded loss, concentration and weight norms per group.
+
+    Example: groksweep inspect wd-study c0003-s1-4be1a0 --output job.png
+    """
+    from orchestrator import plots, studies
+
+    curve, row = studies.job_for_inspect(name, trial_id, results)
+    typer.echo(str(plots.inspect_plot(curve, row, output or f"{name}-{trial_id}.png")))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -318,3 +318,106 @@ def curves_plot(curves: pl.DataFrame, trials: pl.DataFrame, path: str | Path, co
     figure.suptitle(title or f"{sweeps}: {n} job{'s' if n != 1 else ''}"
                     + (f", coloured by {_label(color_by)}" if color_by else ""), fontsize=10)
     return _save(figure, path)
+
+
+def inspect_plot(curve: pl.DataFrame, row: dict, path: str | Path) -> Path:
+    """One job's picture, from its stored curve and row alone: accuracy and loss with the events marked; the
+    embedding's Fourier spectrum at memorisation and at the end (key frequencies marked); restricted and
+    excluded loss beside validation loss; Fourier Gini and neuron frequency share; weight norm per group."""
+    curve = curve.sort("step")
+    step = curve["step"].to_numpy()
+    events = {"memorised": row.get("steps_to_memorize"), "generalised": row.get("steps_to_generalize"),
+              "circuit": circuit_step(curve, row.get("p"), row.get("steps_to_memorize"))}
+    figure = Figure(figsize=(15, 8.5))
+    (acc_ax, loss_ax, spec_ax), (circ_ax, order_ax, norm_ax) = figure.subplots(2, 3)
+
+    def column(name: str) -> np.ndarray:
+        return curve[name].cast(pl.Float64).to_numpy() if name in curve.columns else np.full(len(step), np.nan)
+
+    def mark(ax) -> None:
+        for (label, at), style in zip(events.items(), (":", "-.", "--"), strict=True):
+            if at is not None:
+                ax.axvline(at, color="k", linestyle=style, linewidth=0.8, alpha=0.7, label=f"{label} ({at})")
+
+    acc_ax.plot(step, column("train_acc"), "--", label="train")
+    acc_ax.plot(step, column("val_acc"), "-", label="validation")
+    acc_ax.set_ylim(-0.02, 1.02)
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_title("Accuracy")
+    loss_ax.plot(step, column("train_loss"), "--", label="train")
+    loss_ax.plot(step, column("val_loss"), "-", label="validation")
+    loss_ax.set_title("Loss")
+    circ_ax.plot(step, column("val_loss"), "-", color="C1", label="validation")
+    circ_ax.plot(step, column("restricted_loss"), "-", color="C2", label="restricted (key directions only)")
+    circ_ax.plot(step, column("excluded_loss"), "-", color="C3", label="excluded (train, key directions removed)")
+    circ_ax.set_title("Circuit: restricted and excluded loss (Nanda 2023)")
+    for ax in (loss_ax, circ_ax):
+        values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+        if _spans_decades(values):
+            ax.set_yscale("log")
+        ax.set_ylabel("loss")
+    for name, label in (("fourier_gini", "Fourier Gini of the embedding"),
+                        ("neuron_frequency_share", "neuron frequency share")):
+        if np.isfinite(column(name)).any():  # the transformer's neuron share is measured in `full` only
+            order_ax.plot(step, column(name), label=label)
+    order_ax.set_ylim(-0.02, 1.02)
+    order_ax.set_title("Concentration")
+    for group in ("embedding", "attention", "mlp", "unembedding"):
+        values = column(f"weight_norm_{group}")
+        if np.isfinite(values).any():
+            norm_ax.plot(step, values, label=group)
+    norm_ax.plot(step, column("weight_norm"), "k-", linewidth=1.3, label="total")
+    norm_ax.set_ylabel("L2 norm")
+    norm_ax.set_title("Weight norm per group")
+    for ax in (acc_ax, loss_ax, circ_ax, order_ax, norm_ax):
+        mark(ax)
+        ax.set_xlabel("step (optimiser steps)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    _spectrum_panel(spec_ax, curve, events["memorised"])
+    figure.suptitle(f"{row.get('sweep', '')} / {row.get('trial_id', '')}: {row.get('model')} on {row.get('op')} "
+                    f"mod {row.get('p')}, weight decay {row.get('weight_decay')}, seed {row.get('seed')}")
+    return _save(figure, path)
+
+
+def _spectrum_panel(ax, curve: pl.DataFrame, memorized: int | None) -> None:
+    """The embedding's norm per frequency at memorisation and at the last evaluation, key frequencies hatched."""
+    ax.set_title("Embedding Fourier spectrum")
+    ax.set_xlabel("frequency k")
+    ax.set_ylabel("norm")
+    if "fourier_spectrum" not in curve.columns or curve["fourier_spectrum"].drop_nulls().is_empty():
+        ax.text(0.5, 0.5, "no Fourier measures\n(other operation, or progress_measures none)",
+                ha="center", va="center", transform=ax.transAxes)
+        return
+    rows = curve.filter(pl.col("fourier_spectrum").is_not_null())
+    at_mem = rows.filter(pl.col("step") >= (memorized or 0)).head(1)
+    picks = [("at memorisation", at_mem), ("at the end", rows.tail(1))]
+    width = 0.4
+    for i, (label, pick) in enumerate(picks):
+        if pick.is_empty():
+            continue
+        record = pick.row(0, named=True)
+        spectrum = np.asarray(record["fourier_spectrum"], dtype=float)
+        k = np.arange(1, len(spectrum) + 1)
+        keys = set(record["key_frequencies"] or [])
+        bars = ax.bar(k + (i - 0.5) * width, spectrum, width, color=f"C{i}",
+                      label=f"{label} (step {record['step']}; {len(keys)} key)")
+        for frequency, bar in zip(k, bars, strict=True):
+            if frequency in keys:
+                bar.set_hatch("///")
+        if i == 1:
+            for frequency in sorted(keys, key=lambda f: -spectrum[f - 1])[:8]:  # label the strongest keys
+                ax.annotate(str(frequency), (frequency + 0.5 * width, spectrum[frequency - 1]), ha="center",
+                            va="bottom", fontsize=7)
+    ax.legend(fontsize=7, title="hatched: key frequencies", title_fontsize=7)
+
+
+CIRCUIT_FRACTION = 0.1  # circuit_step: restricted_loss <= this x ln p (the loss of a uniform guess)
+
+
+def circuit_step(curve: pl.DataFrame, p: int | None, memorized: int | None) -> int | None:
+    """The first evaluation at or after memorisation whose restricted loss is at most 0.1 ln p; None if never."""
+    if memorized is None or not p or "restricted_loss" not in curve.columns:
+        return None
+    hit = curve.filter((pl.col("step") >= memorized) & (pl.col("restricted_loss") <= CIRCUIT_FRACTION * np.log(p)))
+    return None if hit.is_empty() else int(hit["step"].min())

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from orchestrator import UserError
 from orchestrator.results_root import ResultsRoot, default_root
 from trainers.config import FIELD_NAMES, PRESETS, TrainConfig, _field_type
-from trainers.metrics import CENSORED, EVENTS, METRICS
+from trainers.metrics import CENSORED, EVENTS, METRICS, PROGRESS, PROGRESS_LISTS
 
 # Job (trial row) status values. A row whose status is FINAL is never overwritten; ENDED rows need no more
 # training (`resume` retries FAILED ones); INTERRUPTED: was running when its writer stopped (Ctrl-C, crash).
@@ -91,6 +91,8 @@ CURVE_SCHEMA: dict[str, pl.DataType] = {
     "trial_id": pl.String,
     "step": pl.Int64,
     **{name: pl.Float64 for name in METRICS},
+    **{name: pl.Float64 for name in PROGRESS},  # trainers/progress.py; null where not measured
+    **{name: pl.List(_POLARS_TYPE[kind]) for name, kind in PROGRESS_LISTS.items()},
 }
 TRIAL_KEY = ("sweep", "trial_id")
 CURVE_KEY = ("sweep", "trial_id", "step")
@@ -597,9 +599,11 @@ def _curve_dir(base: str, sweep: str, trial_id: str) -> str:
 
 
 def _curve_frame(sweep: str, trial_id: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Rows (each: step + any of METRICS; other keys ignored) as a frame with the curve schema."""
+    """Rows (each: step + any of METRICS, PROGRESS and PROGRESS_LISTS; other keys ignored) as a frame with
+    the curve schema."""
     records = [{"sweep": sweep, "trial_id": trial_id, "step": int(r["step"]),
-                **{name: (None if r.get(name) is None else float(r[name])) for name in METRICS}} for r in rows]
+                **{name: (None if r.get(name) is None else float(r[name])) for name in (*METRICS, *PROGRESS)},
+                **{name: r.get(name) for name in PROGRESS_LISTS}} for r in rows]
     return pl.DataFrame(records, schema=CURVE_SCHEMA)
 
 
@@ -889,6 +893,15 @@ def migrate_sweep(root: Root, sweep: str, spec_hash: str | None = None) -> list[
 
 _WIDEN = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast", datetime_cast=["nanosecond-downcast",
                                                                                       "convert-timezone"])
+
+
+def lists_as_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """List columns as JSON array text (`[0.5,1.25]`; null elements `null`; a null list stays null), the
+    documented form in CSV, which has no nested values; other columns unchanged."""
+    return frame.with_columns(
+        pl.format("[{}]", pl.col(name).list.eval(pl.element().cast(pl.String).fill_null("null")).list.join(","))
+        .alias(name)
+        for name, dtype in frame.schema.items() if isinstance(dtype, pl.List))
 
 
 def _scan(files: list[str], schema: dict[str, pl.DataType], prefix: str | None) -> pl.LazyFrame:

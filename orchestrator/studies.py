@@ -369,3 +369,12 @@ def swept_columns(root: str | Path | None, name: str) -> list[str]:
     if not isinstance(parameters, dict):
         return []
     return [k for k, body in parameters.items() if not (isinstance(body, dict) and set(body) == {"value"})]
+
+
+def job_for_inspect(name: str, trial_id: str, root: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+    """(curve, row) of one job for `groksweep inspect`; the row may be missing while it runs (then {})."""
+    trials = store.collect(lambda: store.trials(root, [name]).filter(pl.col("trial_id") == trial_id))
+    curve = store.collect(lambda: store.curves(root, [name]).filter(pl.col("trial_id") == trial_id))
+    if curve.is_empty():
+        raise UserError(f"no curve stored for trial {trial_id!r} in sweep {name!r}")
+    return curve, (trials.row(0, named=True) if trials.height else {"sweep": name, "trial_id": trial_id})

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from trainers import ConfigError, preset, run
 from trainers.config import PRESETS
-from trainers.metrics import EVENTS, METRICS
+from trainers.metrics import EVENTS, METRICS, PROGRESS, PROGRESS_LISTS
 from trainers.tasks import DIVISION_OPS, MODULAR, OPERATIONS, make_dataset
 
 # ----- tasks ----------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_history_has_every_metric_at_every_evaluation(gromov_run):
     history = gromov_run.history
     assert [h["step"] for h in history] == list(range(0, gromov_run.steps_run + 1, 10))
     for row in history:
-        assert set(row) == {"step", *METRICS}
+        assert set(row) == {"step", *METRICS, *PROGRESS, *PROGRESS_LISTS}
     first, last = history[0], history[-1]
     assert last["fourier_sparsity"] > first["fourier_sparsity"]  # the embedding concentrates on few frequencies
     assert all(math.isfinite(h["weight_norm"]) and h["weight_norm"] > 0 for h in history)

@@ -13,6 +13,13 @@ METRICS: tuple[str, ...] = (
     "fourier_sparsity",  # modular tasks: share of embedding norm in its top frequencies (Nanda 2023)
     "softmax_collapse",  # share of samples whose loss is exactly 0 in floating point (Prieto 2025)
 )
+# Progress measures (trainers/progress.py; config field progress_measures): curve columns only, None where
+# not defined (ops other than x+y / x-y, a group a model lacks, a measure its level leaves out).
+PROGRESS: tuple[str, ...] = (
+    "fourier_gini", "neuron_frequency_share", "restricted_loss", "excluded_loss",
+    "weight_norm_embedding", "weight_norm_attention", "weight_norm_mlp", "weight_norm_unembedding",
+)
+PROGRESS_LISTS: dict[str, type] = {"fourier_spectrum": float, "key_frequencies": int, "neuron_frequencies": int}
 # When generalisation emerges (../shared/research/grokking.md); null when it never happened.
 EVENTS: tuple[str, ...] = (
     "steps_to_memorize",  # first evaluation with train_acc >= MEMORIZE_ACC
@@ -59,11 +66,13 @@ class EventTracker:
         return self.events["steps_to_generalize"] is None
 
 
-def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_logits=None) -> dict[str, float]:
+def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_logits=None,
+             progress=None) -> dict:
     """Every METRICS value, without autograd. `train` and `val` are (inputs, labels); `train_logits`: the
     training step's own forward over the whole training set at these weights (full batch), reused rather
     than computed twice -- the models have no dropout or normalisation statistics, so train and eval mode
-    compute the same function."""
+    compute the same function. `progress` (a trainers.progress.ProgressMeter) adds its measures from the
+    same logits."""
     import torch
 
     from trainers.optim import per_sample_loss
@@ -81,8 +90,9 @@ def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_lo
             norm.to(dtype), (train_losses == 0).to(dtype).mean(),
         ]).tolist()
         sparsity = fourier_sparsity(model.embedding()) if modular else float("nan")
+        measures = {} if progress is None else progress(model, train_logits, val_logits)
     names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse")
-    return {**dict(zip(names, values, strict=True)), "fourier_sparsity": sparsity}
+    return {**dict(zip(names, values, strict=True)), "fourier_sparsity": sparsity, **measures}
 
 
 def fourier_sparsity(embedding) -> float:

@@ -149,6 +149,15 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
         """(B, T, d) -> (B, T, d), or (B, d) for the last position only."""
+        x = self.attend(x, last_only)
+        return x + self.hidden(x) @ self.w_out + self.b_out
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's neuron activations, (..., d_mlp): the progress measures read them."""
+        return torch.relu(self.ln_mlp(x) @ self.w_in + self.b_in)
+
+    def attend(self, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """The residual stream after attention: (B, T, d), or (B, d) at the last position only."""
         B, T, d = x.shape
         H, dh = self.heads, d // self.heads
         h = self.ln_attn(x)
@@ -165,8 +174,7 @@ class Block(nn.Module):
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().view(1, T, T, 1)
             weights = scores.masked_fill(~causal, float("-inf")).softmax(2)
             z = (weights.unsqueeze(-1) * v.unsqueeze(1)).sum(2).reshape(B, T, d)  # (B, T, d)
-        x = x + z @ self.w_o
-        return x + torch.relu(self.ln_mlp(x) @ self.w_in + self.b_in) @ self.w_out + self.b_out
+        return x + z @ self.w_o
 
 
 class Transformer(nn.Module):
@@ -198,6 +206,13 @@ class Transformer(nn.Module):
 
     def embedding(self) -> torch.Tensor:
         return self.embed[: self.n]  # (n, d_model)
+
+    def neurons(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's MLP activations at the answer position, (B, d_mlp) (Nanda 2023's neurons)."""
+        h = F.embedding(x, self.embed) + self.pos  # (B, T, d)
+        for block in self.blocks[:-1]:
+            h = block(h, last_only=False)
+        return self.blocks[-1].hidden(self.blocks[-1].attend(h, last_only=True))
 
 
 def build_model(config: TrainConfig, n: int) -> nn.Module:

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from trainers import checkpoint
-from trainers.config import ConfigError, TrainConfig
+from trainers.config import ConfigError, TrainConfig, with_defaults
 from trainers.metrics import EventTracker, evaluate
 from trainers.models import build_model
 from trainers.optim import GradientFilter, learning_rate, make_optimizer, mean_loss
+from trainers.progress import ProgressMeter
 from trainers.tasks import MODULAR, make_dataset
 
 
@@ -29,7 +30,8 @@ class Evaluation:
     """What `report` receives at every evaluation."""
 
     step: int  # optimiser steps taken so far
-    metrics: dict[str, float]  # every name in trainers.metrics.METRICS (NaN where not defined for the task)
+    metrics: dict[str, Any]  # every name in trainers.metrics.METRICS (NaN where not defined for the task), and
+    # unless progress_measures is none every name in PROGRESS and PROGRESS_LISTS (None where not defined)
     events: dict[str, int | None]  # every name in trainers.metrics.EVENTS, as known so far
     checkpoint: Path | None  # the checkpoint directory written at this evaluation, if one was
     done: bool  # the last evaluation of this run (budget spent, or generalisation confirmed)
@@ -117,13 +119,16 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     train_inputs, train_labels = inputs[data.train_idx], data.labels[data.train_idx]
     val = (inputs[data.val_idx], data.labels[data.val_idx])
     modular = config.op in MODULAR
+    progress = ProgressMeter(config.progress_measures, config.op, data.n_symbols, config.loss, config.model,
+                             data.labels, data.train_idx, data.val_idx, inputs, dtype)
 
     step, history, wall_before = 0, [], 0.0
     saved = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
         state = checkpoint.load(saved)
-        extended = extends_budget(state["config"], config)
-        if state["config"] != config.to_dict() and not extended:
+        saved_config = with_defaults(state["config"])
+        extended = extends_budget(saved_config, config)
+        if saved_config != config.to_dict() and not extended:
             raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config (only a larger "
                               "max_steps may differ); use a new directory")
         model.load_state_dict(state["model"])
@@ -158,7 +163,8 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         if evaluation_due():
             if rows is None:  # full batch: this step's training forward; evaluation reads the train metrics off it
                 logits = model(train_inputs)
-            metrics = evaluate(model, (train_inputs, train_labels), val, config.loss, modular, train_logits=logits)
+            metrics = evaluate(model, (train_inputs, train_labels), val, config.loss, modular, train_logits=logits,
+                               progress=progress)
             history.append({"step": step, **metrics})
             tracker.update(step, metrics)
             done = finished()
