@@ -132,9 +132,10 @@ def _store_run(results: str, name: str, result: Any) -> str:
     trial_id = "t" + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     store.write_curve_rows(results, name, trial_id, result.history)
     store.compact_curves(results, name, trial_id)
-    row = store.trial_row(name, trial_id, config, store.COMPLETED, steps_run=result.steps_run, wall_s=result.wall_s,
-                          events=result.events, censored=result.censored, final_metrics=result.final_metrics,
-                          device=result.device)
+    from orchestrator.jobs import outcome_from_curve, row_fields
+
+    row = store.trial_row(name, trial_id, config, store.COMPLETED, wall_s=result.wall_s, device=result.device,
+                          **row_fields(outcome_from_curve(result.history, p=result.config.p)))
     store.write_trial_row(results, row)
     return trial_id
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainers.config import TrainConfig
-from trainers.metrics import CENSORED, EVENTS, METRICS, EventTracker
+from trainers.metrics import BUMP, CENSORED, EVENTS, METRICS, EventTracker, val_loss_bump
 
 MAX_PACK_STEPS = 100_000
 PACKS_PER_SLOT = 8  # a pack takes at most 1/8 of what is left per concurrent slot ...
@@ -124,20 +124,23 @@ def make_packs(jobs: list[Job], sizes: list[int] | int) -> list[list[Job]]:
 
 # --- what a job's curve says: the row is always derived from it ---
 
-def outcome_from_curve(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row fields that a job's curve determines: steps_run, every event, censored and the final
-    metrics, recomputed with the documented thresholds (trainers.metrics). Writing rows and `check`
-    both use this, so a row never contradicts its curve."""
-    tracker = EventTracker.replay(sorted(history, key=lambda r: r["step"]))
-    last = max(history, key=lambda r: r["step"]) if history else {}
+def outcome_from_curve(history: list[dict[str, Any]], p: int | None = None) -> dict[str, Any]:
+    """The row fields that a job's curve determines: steps_run, every event, censored, the final metrics
+    and the validation-loss bump, recomputed with the documented thresholds (trainers.metrics; `p`, the
+    modulus, for circuit_step). Writing rows and `check` both use this, so a row never contradicts its curve."""
+    ordered = sorted(history, key=lambda r: r["step"])
+    tracker = EventTracker.replay(ordered, p=p)
+    last = ordered[-1] if history else {}
     return {"steps_run": int(last["step"]) if history else None, **tracker.events,
             CENSORED: tracker.censored if history else None,
-            **{name: last.get(name) for name in METRICS}}
+            **{name: last.get(name) for name in METRICS},
+            **val_loss_bump(ordered, tracker.events["steps_to_memorize"])}
 
 
 def row_fields(outcome: dict[str, Any]) -> dict[str, Any]:
     """`outcome_from_curve` shaped as `store.trial_row` keyword arguments."""
     return {"steps_run": outcome["steps_run"], "events": {name: outcome[name] for name in EVENTS},
+            "bump": {name: outcome[name] for name in BUMP},
             "censored": outcome[CENSORED], "final_metrics": {name: outcome[name] for name in METRICS}}
 
 

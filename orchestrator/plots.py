@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from orchestrator.studies import PHASES, PhaseDiagram, Study
-from trainers.metrics import CENSORED, GENERALIZE_ACC, MEMORIZE_ACC
+from trainers.metrics import CENSORED, CIRCUIT_FRACTION, GENERALIZE_ACC, MEMORIZE_ACC
 
 DPI = 200
 PHASE_COLORS = {"comprehension": "#4c9f70", "grokking": "#e0a030", "memorization": "#c8553d", "confusion": "#7a7a7a"}
@@ -410,9 +410,6 @@ def _spectrum_panel(ax, curve: pl.DataFrame, memorized: int | None) -> None:
                 ax.annotate(str(frequency), (frequency + 0.5 * width, spectrum[frequency - 1]), ha="center",
                             va="bottom", fontsize=7)
     ax.legend(fontsize=7, title="hatched: key frequencies", title_fontsize=7)
-
-
-CIRCUIT_FRACTION = 0.1  # circuit_step: restricted_loss <= this x ln p (the loss of a uniform guess)
 
 
 def circuit_step(curve: pl.DataFrame, p: int | None, memorized: int | None) -> int | None:

@@ -39,6 +39,7 @@ from orchestrator.jobs import Job, expected_jobs, objective_of_row, optuna_jobs,
 from orchestrator.spec import SweepSpec
 from trainers.metrics import (
     CENSORED,
+    CIRCUIT_FRACTION,
     EVENTS,
     GENERALIZE_95_ACC,
     GENERALIZE_ACC,
@@ -274,11 +275,17 @@ def _derived_from_curves(root: Any, name: str) -> pl.DataFrame:
     if name not in store.sweeps(root):
         return pl.DataFrame(schema={"trial_id": pl.String, **{f"{k}_curve": pl.Float64 for k in _DERIVED}})
     step = pl.col("step")
-    frame = store.collect(lambda: store.curves(root, [name]).sort("trial_id", "step").group_by("trial_id").agg(
+    memorized = step.filter(pl.col("train_acc") >= MEMORIZE_ACC).min()
+    moduli = store.trials(root, [name]).select("trial_id", "p")
+    frame = store.collect(lambda: store.curves(root, [name]).join(moduli, on="trial_id", how="left")
+                          .sort("trial_id", "step").group_by("trial_id").agg(
         step.max().alias("steps_run"),
-        step.filter(pl.col("train_acc") >= MEMORIZE_ACC).min().alias("steps_to_memorize"),
+        memorized.alias("steps_to_memorize"),
         step.filter(pl.col("val_acc") >= GENERALIZE_ACC).min().alias("steps_to_generalize"),
         step.filter(pl.col("val_acc") >= GENERALIZE_95_ACC).min().alias("steps_to_generalize_95"),
+        step.filter((step >= memorized) & (pl.col("restricted_loss")
+                                           <= CIRCUIT_FRACTION * pl.col("p").cast(pl.Float64).log())).min()
+        .alias("circuit_step"),
         *[pl.col(m).last().alias(m) for m in METRICS],
     ).with_columns(
         (pl.col("steps_to_generalize") - pl.col("steps_to_memorize")).alias("grokking_delay"),
@@ -306,6 +313,6 @@ def repair(root: Any, spec: SweepSpec, report: Report) -> list[str]:
             history = store.collect(lambda t=trial_id: store.curves(root, [spec.name])
                                     .filter(pl.col("trial_id") == t).sort("step")).to_dicts()
             row = table.filter(pl.col("trial_id") == trial_id).row(0, named=True)
-            store.replace_trial_row(root, {**row, **outcome_from_curve(history)})
+            store.replace_trial_row(root, {**row, **outcome_from_curve(history, p=row['p'])})
             done.append(f"rederived {trial_id}'s row from its curve")
     return done

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from orchestrator import UserError
 from orchestrator.results_root import ResultsRoot, default_root
 from trainers.config import FIELD_NAMES, PRESETS, TrainConfig, _field_type
-from trainers.metrics import CENSORED, EVENTS, METRICS, PROGRESS, PROGRESS_LISTS
+from trainers.metrics import BUMP, CENSORED, EVENTS, METRICS, PROGRESS, PROGRESS_LISTS
 
 # Job (trial row) status values. A row whose status is FINAL is never overwritten; ENDED rows need no more
 # training (`resume` retries FAILED ones); INTERRUPTED: was running when its writer stopped (Ctrl-C, crash).
@@ -85,6 +85,7 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "source_revision": pl.String,
     "budget_history": pl.List(pl.Int64),  # an extended job's budgets (max_steps), oldest first; else null
     "extended_from_steps": pl.Int64,  # an extended job's steps_run before its last extension; else null
+    **{name: (pl.Int64 if name.endswith("_step") else pl.Float64) for name in BUMP},
 }
 CURVE_SCHEMA: dict[str, pl.DataType] = {
     "sweep": pl.String,
@@ -257,7 +258,8 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
               started_at: Any = None, ended_at: Any = None, error: str | None = None,
               optuna_trial: int | None = None, pack_size: int | None = None,
               batched: bool | None = None, spec_hash: str | None = None,
-              budget_history: list[int] | None = None, extended_from_steps: int | None = None) -> dict[str, Any]:
+              budget_history: list[int] | None = None, extended_from_steps: int | None = None,
+              bump: dict[str, Any] | None = None) -> dict[str, Any]:
     """The full trial row: sweep, trial_id, every config field, status, results, host, library versions,
     provenance (`spec_hash`: SweepSpec.spec_hash of the sweep as run; the source revision).
     Timestamps may be datetimes, epoch seconds or ISO strings (stored as UTC)."""
@@ -287,6 +289,7 @@ def trial_row(sweep: str, trial_id: str, config: TrainConfig | dict[str, Any], s
         "source_revision": source_revision(),
         "budget_history": budget_history,
         "extended_from_steps": extended_from_steps,
+        **{name: (bump or {}).get(name) for name in BUMP},
     }
     assert row.keys() == TRIAL_SCHEMA.keys()
     return row

@@ -220,7 +220,7 @@ def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: flo
         store.write_curve_rows(root, spec.name, job.job_id, finished.history)
         if compact:
             store.compact_curves(root, spec.name, job.job_id)
-    fields = row_fields(outcome_from_curve(finished.history))
+    fields = row_fields(outcome_from_curve(finished.history, p=config.p))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
                           wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),
                           **fields, **common)

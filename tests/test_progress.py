@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
 import pytest
 import torch
 
 from trainers import preset, run
-from trainers.metrics import PROGRESS, PROGRESS_LISTS
+from trainers.metrics import PROGRESS, PROGRESS_LISTS, val_loss_bump
 from trainers.models import build_model
 from trainers.progress import ProgressMeter, gini, key_frequencies
 from trainers.tasks import make_dataset
@@ -186,6 +187,7 @@ def test_transformer_circuit_forms_before_the_jump(transformer_run):
     assert memorized is not None and generalized is not None and generalized > 4 * memorized
     circuit = circuit_step(result.history, 31, memorized)
     assert circuit is not None and circuit < generalized
+    assert result.events["circuit_step"] == circuit  # the event the rows carry, as computed by hand here
     assert h[circuit]["val_acc"] < 0.9 and h[circuit]["val_loss"] > 1  # far from generalised on each input
     # excluded loss rises during the plateau while the training loss stays low
     assert all(h[s]["train_loss"] < 0.01 for s in h if memorized <= s <= generalized)
@@ -201,6 +203,7 @@ def test_transformer_without_weight_decay_forms_no_circuit(transformer_run):
     assert result.censored
     memorized = result.events["steps_to_memorize"]
     assert circuit_step(result.history, 31, memorized) is None
+    assert result.events["circuit_step"] is None
     ginis = [h["fourier_gini"] for h in result.history if h["step"] >= memorized]
     assert max(ginis) - min(ginis) < 0.05  # flat, against ~0.4 with weight decay
     grokked = {row["step"]: row for row in transformer_run.history}
@@ -281,3 +284,36 @@ def test_list_columns_survive_parquet_csv_json_and_inspect_draws_the_job(tmp_pat
     assert drawn.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = runner.invoke(app, ["inspect", "train", "t000000000000", "--results", results])
     assert missing.exit_code != 0 and "no curve stored" in missing.output
+
+
+# ----- the double-descent bump: synthetic curves -------------------------------------------------------------
+
+def _curve(val_losses: list[float]) -> list[dict]:
+    return [{"step": 10 * i, "val_loss": v} for i, v in enumerate(val_losses)]
+
+
+def test_val_loss_bump_on_synthetic_curves():
+    # memorised at step 30 (val_loss 2.0 there); rises to ~4 around step 80, then falls below 1
+    bumped = _curve([3.0, 2.5, 2.2, 2.0, 2.0, 2.5, 3.5, 4.0, 4.2, 4.0, 3.5, 2.0, 1.0, 0.5, 0.3, 0.2, 0.2])
+    found = val_loss_bump(bumped, memorized=30)
+    assert found["val_loss_peak_step"] == 80  # the centred 5-point mean peaks at step 80: (3.5+4+4.2+4+3.5)/5
+    assert found["val_loss_peak"] == pytest.approx((3.5 + 4.0 + 4.2 + 4.0 + 3.5) / 5)
+    monotone = _curve([3.0, 2.5, 2.2, 2.0, 1.8, 1.5, 1.2, 1.0, 0.8, 0.5, 0.3, 0.2])
+    assert val_loss_bump(monotone, memorized=30) == {"val_loss_peak_step": None, "val_loss_peak": None}
+    never_falls = _curve([3.0, 2.5, 2.2, 2.0, 2.0, 2.5, 3.5, 4.0, 4.2, 4.3, 4.4, 4.5])
+    assert val_loss_bump(never_falls, memorized=30)["val_loss_peak_step"] is None  # no later fall to half
+    assert val_loss_bump(bumped, memorized=None)["val_loss_peak_step"] is None  # never memorised
+
+
+def test_rows_carry_circuit_step_and_bump_and_study_treats_circuit_step_as_censored(transformer_run):
+    from orchestrator.jobs import outcome_from_curve
+    from orchestrator.studies import time_to_event
+
+    outcome = outcome_from_curve(transformer_run.history, p=31)
+    assert outcome["circuit_step"] == transformer_run.events["circuit_step"] is not None
+    assert set(outcome) >= {"val_loss_peak_step", "val_loss_peak"}
+    rows = pl.DataFrame([{"circuit_step": outcome["circuit_step"], "steps_run": 800, "steps_to_memorize": 100},
+                         {"circuit_step": None, "steps_run": 500, "steps_to_memorize": 100}])
+    timed = time_to_event(rows, "circuit_step")
+    assert timed["_observed"].to_list() == [True, False]
+    assert timed["_time"].to_list() == [float(outcome["circuit_step"]), 500.0]  # censored at steps_run

@@ -6,6 +6,8 @@ Importing this module does not import torch (the store reads the names); `evalua
 
 from __future__ import annotations
 
+import math
+
 # Reported at every evaluation, in this order.
 METRICS: tuple[str, ...] = (
     "train_loss", "train_acc", "val_loss", "val_acc",
@@ -26,7 +28,14 @@ EVENTS: tuple[str, ...] = (
     "steps_to_generalize",  # first evaluation with val_acc >= GENERALIZE_ACC
     "steps_to_generalize_95",  # first evaluation with val_acc >= 0.95 (Grokfast's measure)
     "grokking_delay",  # steps_to_generalize - steps_to_memorize
+    "circuit_step",  # first evaluation at or after memorisation with restricted_loss <= CIRCUIT_FRACTION * ln p
 )
+# The epoch-wise double-descent bump of validation loss after memorisation (not a survival event: "no bump"
+# is not censoring); see val_loss_bump.
+BUMP: tuple[str, ...] = ("val_loss_peak_step", "val_loss_peak")
+CIRCUIT_FRACTION = 0.1  # x ln p, the loss of a uniform guess: the key-frequency logits alone nearly solve the task
+BUMP_WINDOW = 5  # evaluations in the centred moving average that smooths val_loss before the peak is read
+BUMP_RISE, BUMP_FALL = 1.10, 0.5  # a bump: peak >= 1.1 x its value at memorisation, later <= 0.5 x peak
 CENSORED = "censored"  # the budget ended before val_acc >= GENERALIZE_ACC
 MEMORIZE_ACC = 0.99
 GENERALIZE_ACC = 0.99
@@ -37,9 +46,10 @@ TOP_FREQUENCIES = 5  # fourier_sparsity counts this many strongest frequencies (
 class EventTracker:
     """Events from the evaluations seen so far, plus the streak of evaluations at val_acc >= GENERALIZE_ACC."""
 
-    def __init__(self) -> None:
+    def __init__(self, p: int | None = None) -> None:
         self.events: dict[str, int | None] = dict.fromkeys(EVENTS)
         self.streak = 0
+        self.circuit_loss = None if not p else CIRCUIT_FRACTION * math.log(p)  # restricted_loss threshold
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         first = self.events
@@ -51,11 +61,15 @@ class EventTracker:
             first["steps_to_generalize"] = step
         if first["steps_to_memorize"] is not None and first["steps_to_generalize"] is not None:
             first["grokking_delay"] = first["steps_to_generalize"] - first["steps_to_memorize"]
+        restricted = metrics.get("restricted_loss")
+        if (first["circuit_step"] is None and first["steps_to_memorize"] is not None and self.circuit_loss
+                and restricted is not None and restricted <= self.circuit_loss):
+            first["circuit_step"] = step
         self.streak = self.streak + 1 if metrics["val_acc"] >= GENERALIZE_ACC else 0
 
     @classmethod
-    def replay(cls, history: list[dict[str, float]]) -> EventTracker:
-        tracker = cls()
+    def replay(cls, history: list[dict[str, float]], p: int | None = None) -> EventTracker:
+        tracker = cls(p)
         for row in history:
             tracker.update(int(row["step"]), row)
         return tracker
@@ -64,6 +78,28 @@ class EventTracker:
     def censored(self) -> bool:
         """At the end of a run: it never reached val_acc >= GENERALIZE_ACC."""
         return self.events["steps_to_generalize"] is None
+
+
+def val_loss_bump(history: list[dict[str, float]], memorized: int | None) -> dict[str, float | int | None]:
+    """Epoch-wise double descent after memorisation: smooth val_loss with a centred moving average over
+    BUMP_WINDOW evaluations (shorter at the ends); the bump is the highest smoothed value at or after the
+    memorisation step, when it is at least BUMP_RISE x the smoothed value at memorisation and a later
+    smoothed value falls to at most BUMP_FALL x the peak. None (both) otherwise, or before memorisation."""
+    none = dict.fromkeys(BUMP)
+    rows = sorted((r for r in history if r.get("val_loss") is not None and r["val_loss"] == r["val_loss"]),
+                  key=lambda r: r["step"])
+    if memorized is None or not rows:
+        return none
+    losses, half = [float(r["val_loss"]) for r in rows], BUMP_WINDOW // 2
+    smooth = [sum(losses[max(0, i - half):i + half + 1]) / len(losses[max(0, i - half):i + half + 1])
+              for i in range(len(losses))]
+    after = [i for i, r in enumerate(rows) if r["step"] >= memorized]
+    if not after:
+        return none
+    peak = max(after, key=lambda i: (smooth[i], -i))  # the highest, the earliest of equals
+    if smooth[peak] < BUMP_RISE * smooth[after[0]] or min(smooth[peak:]) > BUMP_FALL * smooth[peak]:
+        return none
+    return {"val_loss_peak_step": int(rows[peak]["step"]), "val_loss_peak": smooth[peak]}
 
 
 def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_logits=None,

@@ -139,7 +139,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         step, history, wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
         if extended:  # the evaluation at the old budget's end is not one the longer run makes
             history = [row for row in history if row["step"] % config.eval_every == 0]
-    tracker = EventTracker.replay(history)
+    tracker = EventTracker.replay(history, p=config.p)
 
     def finished() -> bool:
         return step >= config.max_steps or (config.stop_on_generalize and tracker.streak >= config.confirm_evals)
