@@ -233,12 +233,24 @@ def presets(format: FormatOpt = "table") -> None:
 NameOpt = Annotated[str, typer.Argument(help="The sweep's name.")]
 
 
+def _integers_as_integers(frame: Any) -> Any:
+    """For display: a float column whose values are all whole numbers (a median of steps, a count) prints
+    as integers -- `50`, not `50.0`. JSON, CSV and Parquet keep the stored dtypes."""
+    import polars as pl
+
+    whole = [name for name, dtype in frame.schema.items() if dtype.is_float() and frame.height
+             and frame[name].drop_nulls().drop_nans().len()
+             and (frame[name].drop_nulls().drop_nans() % 1 == 0).all()
+             and frame[name].drop_nulls().drop_nans().abs().max() < 2**53]
+    return frame.with_columns(pl.col(name).fill_nan(None).cast(pl.Int64) for name in whole) if whole else frame
+
+
 def _frame_text(frame: Any) -> str:
     import polars as pl
 
     with pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=10_000, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True, fmt_str_lengths=60):
-        return str(frame)
+        return str(_integers_as_integers(frame))
 
 
 def _sweep_report(outcome: Any, spec: Any) -> None:
@@ -530,7 +542,7 @@ def _table(frame: Any, title: str | None = None) -> str:
 
     with pl.Config(tbl_rows=TABLE_ROWS, tbl_cols=-1, tbl_width_chars=10_000, fmt_str_lengths=80,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, float_precision=None):
-        text = str(frame)
+        text = str(_integers_as_integers(frame))
     more = f"\n({frame.height} rows; showing {TABLE_ROWS})" if frame.height > TABLE_ROWS else ""
     return (f"{title}\n" if title else "") + text + more
 
