@@ -45,7 +45,12 @@ def train_pack(config: dict[str, Any], spec: SweepSpec, root: str, packs: list[l
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     jobs = pack_jobs(config, spec, packs)
     pack = _Pack(spec, root, len(jobs), tune.report)
-    rows = [pack.run(job) for job in jobs]
+    from orchestrator import batched_pack  # it builds on this module
+
+    if batched_pack.wants_batched(spec):  # jobs of one batching key as one batched model (spec key `batched`)
+        rows = batched_pack.run_jobs(pack, jobs)
+    else:
+        rows = [pack.run(job) for job in jobs]
     pack.finish(rows)
 
 
