@@ -27,6 +27,7 @@ from orchestrator.spec import SweepSpec
 from orchestrator.trainable import _finish, _has_local_checkpoint, _log_batch, _Pack, _stop_requested
 from orchestrator.trainer_process import Batch, BatchedJob, Finished, Member, Started, TrainerFailed
 from orchestrator.trainer_process import Job as TrainerJob
+from trainers.batching import batching_key
 
 
 def wants_batched(spec: SweepSpec) -> bool:
@@ -40,8 +41,6 @@ def wants_batched(spec: SweepSpec) -> bool:
 
 def run_jobs(pack: _Pack, jobs: list[Job]) -> list[dict[str, Any]]:
     """Every job of the pack, grouped by batching key (in pack order); their rows in `jobs` order."""
-    from trainers.batched import batching_key  # torch-free: reads config fields only
-
     spec, root = pack.spec, pack.root
     rows: dict[str, dict[str, Any]] = {}
     groups: dict[Any, list[Job]] = {}

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import checkpoint
+from trainers.batching import batching_key
 from trainers.config import ConfigError, TrainConfig
 from trainers.metrics import TOP_FREQUENCIES, EventTracker
 from trainers.models import build_model
@@ -35,19 +36,7 @@ from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sa
 from trainers.run import Evaluation, Report, TrialResult, batch_indices, keep_freed_memory, pick_device
 from trainers.tasks import MODULAR, make_dataset
 
-# Fields that must be equal for jobs to share a batched model; every other field may differ per member.
-BATCH_KEY_FIELDS: tuple[str, ...] = (
-    "op", "p", "train_fraction", "model", "width", "activation", "layers", "d_model", "heads", "d_mlp",
-    "layer_norm", "op_token", "optimizer", "loss", "grokfast", "batch_size", "dtype", "eval_every", "threads")
 EPS = 1e-8  # torch.optim.Adam's default, as make_optimizer uses it
-
-
-def batching_key(config: TrainConfig) -> tuple | None:
-    """Jobs with equal keys can train as one batched model; None: this job trains alone (Grokfast's moving
-    average keeps a window of past gradients per parameter, which is not stacked)."""
-    if config.grokfast == "ma":
-        return None
-    return tuple(getattr(config, name) for name in BATCH_KEY_FIELDS)
 
 
 # --- the stacked forward: the single models' maths (trainers/models.py) with a leading member axis ---
@@ -337,7 +326,7 @@ def run_batched(configs: Sequence[TrainConfig], reports: Sequence[Report | None]
         return []
     keys = {batching_key(c) for c in configs}
     if len(keys) != 1 or None in keys:
-        raise ConfigError("run_batched: every config needs the same batching_key (trainers.batched.BATCH_KEY_FIELDS)")
+        raise ConfigError("run_batched: every config needs the same batching_key (trainers.batching.BATCH_KEY_FIELDS)")
     if ended not in ("compact", "mask"):
         raise ValueError(f"ended: compact | mask, got {ended!r}")
     started = time.perf_counter()
