@@ -134,3 +134,17 @@ def test_batching_key_lets_scalars_differ_but_not_shapes():
     assert batching_key(a.replace(grokfast="ma")) is None
     with pytest.raises(ConfigError, match="batching_key"):
         run_batched([a, a.replace(p=13)])
+
+
+def test_spec_key_batched_takes_auto_on_off_and_yaml_booleans():
+    import yaml
+
+    from orchestrator import UserError
+    from orchestrator.spec import parse_spec
+
+    base = {"name": "b", "base": {"preset": "tiny"}}
+    assert parse_spec(base).batched == "auto"
+    assert parse_spec({**base, **yaml.safe_load("batched: on")}).batched == "on"  # YAML 1.1: a bare on is true
+    assert parse_spec({**base, **yaml.safe_load("batched: off")}).batched == "off"
+    with pytest.raises(UserError, match="batched: 'sometimes' is not allowed; choose one of auto, on, off"):
+        parse_spec({**base, "batched": "sometimes"})
