@@ -465,8 +465,10 @@ def main() -> None:
         sizes.append(10_000)
     base_root = args.results or tempfile.mkdtemp(prefix="gsscale")
     os.makedirs(base_root, exist_ok=True)
-    print(f"scale: tiny preset, {BASE['max_steps']} steps (eval every {BASE['eval_every']}), 1 thread per job, "
-          f"{CONCURRENCY} at a time; results under {base_root}; {os.cpu_count()} CPUs; groksweep from {args.repo}")
+    print(f"scale: results under {base_root}; {os.cpu_count()} CPUs; groksweep from {args.repo}")
+    if sizes or args.optuna:
+        print(f"  grid/optuna: tiny preset, {BASE['max_steps']} steps (eval every {BASE['eval_every']}), 1 thread "
+              f"per job, {CONCURRENCY} at a time")
     try:
         ratios = {n: grid_size(n, args.pack, base_root, args.repo.resolve()) for n in sizes}
         if args.optuna:
