@@ -147,6 +147,8 @@ class _Stack:
         self.params: dict[str, torch.Tensor] = {}
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.active = torch.ones(len(members), dtype=torch.bool)  # False: masked out (ended="mask")
+        self._cache: dict[str, tuple[tuple, dict[str, torch.Tensor]]] = {}  # see cached()
+        self.adam_steps = self._steps()
         kind = members[0].config
         for j, name in enumerate(names):
             per = [list(m.module.parameters())[j] for m in members]
@@ -177,12 +179,25 @@ class _Stack:
         self.params = {n: p.detach().index_select(0, index).requires_grad_() for n, p in self.params.items()}
         self.state = {n: {k: t.index_select(0, index) for k, t in s.items()} for n, s in self.state.items()}
         self.data = {k: t.index_select(0, index) for k, t in self.data.items()}
+        self._cache.clear()
+        self.adam_steps = self._steps()
 
-    def columns(self, **values: list[float]) -> dict[str, torch.Tensor]:
+    def _steps(self) -> torch.Tensor:
+        """Each member's Adam step count so far, (K,) float64 on the device (the bias corrections)."""
+        return torch.tensor([float(m.adam_steps) for m in self.members], dtype=torch.float64, device=self.device)
+
+    def columns(self, dtype: torch.dtype | None = None, **values: list[float]) -> dict[str, torch.Tensor]:
         """Per-member scalars as (K,) tensors of the model dtype, rounded from float64 as torch.optim's
         Python-float scalars are when applied to a tensor; one host-to-device copy for all of them."""
-        table = torch.tensor(list(values.values()), dtype=torch.float64).to(self.device, self.dtype)
+        table = torch.tensor(list(values.values()), dtype=torch.float64).to(self.device, dtype or self.dtype)
         return dict(zip(values, table.unbind(0), strict=True))
+
+    def cached(self, name: str, key: tuple, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """`build()` again only when `key` changed (lr during warm-up, who is live, a first step): a
+        host-to-device copy waits for the device, so copying every step would stall a GPU's queue."""
+        if name not in self._cache or self._cache[name][0] != key:
+            self._cache[name] = (key, build())
+        return self._cache[name][1]
 
 
 @torch.no_grad()
@@ -191,12 +206,13 @@ def _optimizer_step(stack: _Stack, lrs: list[float]) -> None:
     make_optimizer builds, with per-member scalars); a masked member's parameters stay as they are."""
     members = stack.members
     live = stack.active.tolist()
-    c0 = members[0].config
+    configs = [m.config for m in members]
+    c0 = configs[0]
     if c0.grokfast == "ema":  # optim.GradientFilter, applied before the step as trainers.run does
-        f = stack.columns(seen=[float(m.has_ema) for m in members],
-                          alpha=[m.config.grokfast_alpha for m in members],
-                          rest=[1 - m.config.grokfast_alpha for m in members],
-                          lamb=[m.config.grokfast_lambda for m in members])
+        seen = tuple(m.has_ema for m in members)
+        f = stack.cached("grokfast", seen, lambda: stack.columns(
+            seen=[float(x) for x in seen], alpha=[c.grokfast_alpha for c in configs],
+            rest=[1 - c.grokfast_alpha for c in configs], lamb=[c.grokfast_lambda for c in configs]))
         for name, p in stack.params.items():
             g, ema, nd = p.grad, stack.state[name]["ema"], p.ndim
             ema.copy_(torch.where(_each(f["seen"], nd) != 0, ema * _each(f["alpha"], nd) + _each(f["rest"], nd) * g,
@@ -204,19 +220,25 @@ def _optimizer_step(stack: _Stack, lrs: list[float]) -> None:
             g.add_(ema * _each(f["lamb"], nd))
         for m in members:
             m.has_ema = True
-    wd = [m.config.weight_decay for m in members]
+    wd = [c.weight_decay for c in configs]
     if c0.optimizer in ("adam", "adamw"):
         for m, on in zip(members, live, strict=True):
             m.adam_steps += on
-        steps = [max(m.adam_steps, 1) for m in members]
-        b1 = [m.config.beta1 for m in members]
-        b2 = [m.config.beta2 for m in members]
         decoupled = c0.optimizer == "adamw"
-        f = stack.columns(
-            decay=[1 - lr * w if decoupled and on else 1.0 for lr, w, on in zip(lrs, wd, live, strict=True)],
-            l2=[0.0 if decoupled else w for w in wd], lerp=[1 - b for b in b1], beta2=b2,
-            rest2=[1 - b for b in b2], bc2_sqrt=[(1 - b**s) ** 0.5 for b, s in zip(b2, steps, strict=True)],
-            neg_step=[-(lr / (1 - b**s)) if on else 0.0 for lr, b, s, on in zip(lrs, b1, steps, live, strict=True)])
+        key = (tuple(lrs), tuple(live))
+        f = stack.cached("adam", key, lambda: {
+            **stack.columns(
+                decay=[1 - lr * w if decoupled and on else 1.0 for lr, w, on in zip(lrs, wd, live, strict=True)],
+                l2=[0.0 if decoupled else w for w in wd], lerp=[1 - c.beta1 for c in configs],
+                beta2=[c.beta2 for c in configs], rest2=[1 - c.beta2 for c in configs]),
+            **{f"{k}64": v for k, v in stack.columns(
+                torch.float64, lr=[lr if on else 0.0 for lr, on in zip(lrs, live, strict=True)],
+                beta1=[c.beta1 for c in configs], beta2=[c.beta2 for c in configs],
+                live=[float(on) for on in live]).items()}})
+        stack.adam_steps += f["live64"]  # = each member's adam_steps, kept on the device
+        steps = stack.adam_steps.clamp(min=1)
+        neg_step = (-(f["lr64"] / (1 - f["beta164"] ** steps))).to(stack.dtype)  # as torch.optim, in float64
+        bc2_sqrt = (1 - f["beta264"] ** steps).sqrt().to(stack.dtype)
         for name, p in stack.params.items():
             grad, st, nd = p.grad, stack.state[name], p.ndim
             if not decoupled:
@@ -224,11 +246,13 @@ def _optimizer_step(stack: _Stack, lrs: list[float]) -> None:
             p.mul_(_each(f["decay"], nd))
             st["exp_avg"].lerp_(grad, _each(f["lerp"], nd))
             st["exp_avg_sq"].mul_(_each(f["beta2"], nd)).addcmul_(grad * _each(f["rest2"], nd), grad)
-            denom = (st["exp_avg_sq"].sqrt() / _each(f["bc2_sqrt"], nd)).add_(EPS)
-            p.addcdiv_(st["exp_avg"] * _each(f["neg_step"], nd), denom)
+            denom = (st["exp_avg_sq"].sqrt() / _each(bc2_sqrt, nd)).add_(EPS)
+            p.addcdiv_(st["exp_avg"] * _each(neg_step, nd), denom)
         return
-    f = stack.columns(momentum=[m.config.momentum for m in members], has_buf=[float(m.has_momentum) for m in members],
-                      neg_lr=[-lr if on else 0.0 for lr, on in zip(lrs, live, strict=True)], decay=wd)
+    has_buf = tuple(m.has_momentum for m in members)
+    f = stack.cached("sgd", (tuple(lrs), tuple(live), has_buf), lambda: stack.columns(
+        momentum=[c.momentum for c in configs], has_buf=[float(x) for x in has_buf],
+        neg_lr=[-lr if on else 0.0 for lr, on in zip(lrs, live, strict=True)], decay=wd))
     for name, p in stack.params.items():
         nd = p.ndim
         d_p = p.grad.add(p * _each(f["decay"], nd))
