@@ -148,3 +148,11 @@ def test_spec_key_batched_takes_auto_on_off_and_yaml_booleans():
     assert parse_spec({**base, **yaml.safe_load("batched: off")}).batched == "off"
     with pytest.raises(UserError, match="batched: 'sometimes' is not allowed; choose one of auto, on, off"):
         parse_spec({**base, "batched": "sometimes"})
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (not run on this suite's CI)")
+def test_on_cuda_members_have_the_events_of_their_runs_alone(alone64):
+    batched = run_batched(grid("float64"))  # both pick CUDA themselves
+    assert all(b.device.startswith("cuda") for b in batched)
+    assert [b.events for b in batched] == [a.events for a in alone64]
+    assert max_curve_diff(alone64, batched) < 1e-9
