@@ -25,11 +25,22 @@ splits into training, the rest of each job (store writes, IPC) and the gaps betw
 cost measured in this process: ask + tell on a TPE study with the same space and a journal file, as the
 study grows to 10, 100 and 200 trials.
 
+--gpu: batched models on one GPU. For gromov and nanda2023 and K = 1, 8, 32, 64: 4K jobs that grok at
+different steps (a random sweep over log-uniform weight decay and lr, stop_on_generalize on, each preset's
+own budget) through `groksweep sweep` twice -- packs of K trained as one batched model (`pack: K`,
+`batched: on`, one trial at a time holding {gpu: 1, cpu: <cores>}), and K separate trials sharing the GPU
+(`pack: 1`, `batched: off`, max_concurrent K at {gpu: 1/K, cpu: <cores>/K}) -- and prints jobs per second
+(jobs / first start -> last end) of both and their ratio (target >= 10x at K = 64 for gromov).
+--gpu-smoke runs the same path forced onto the CPU (tiny preset, 300 steps, K = 1, 4): it shows the path
+works, not a speed-up.
+
 Run (it takes the CPU lock itself; run it normally):
 
     .venv/bin/python benchmarks/scale.py                     # 400 and 2,000 jobs (about 15 minutes on 2 cores)
     .venv/bin/python benchmarks/scale.py --full --optuna     # + 10,000 jobs and the Optuna sweep
     .venv/bin/python benchmarks/scale.py --sizes 2000 --pack 25 --keep --results /tmp/scale
+    .venv/bin/python benchmarks/scale.py --sizes none --gpu            # on a GPU machine (hours for nanda2023)
+    .venv/bin/python benchmarks/scale.py --sizes none --gpu-smoke      # the same path on CPU, ~2 minutes
 """
 
 from __future__ import annotations
@@ -378,6 +389,62 @@ def sampler_cost(directory: str) -> None:
         print(f"  {kind + ' storage':16s} {shown}; all {OPTUNA_SAMPLES} trials {total:.2f} s")
 
 
+# --- batched models on one GPU against K trials sharing it ---
+
+GPU_MEMBERS = (1, 8, 32, 64)
+
+
+def gpu_spec(name: str, preset_name: str, n_jobs: int, k: int, batched: bool, cores: float, gpu: float,
+             max_steps: int | None) -> dict[str, Any]:
+    """n_jobs random (lr, weight decay) points, one seed each, so jobs grok at different steps."""
+    base: dict[str, Any] = {"preset": preset_name, **({"max_steps": max_steps} if max_steps else {})}
+    lr = {"tiny": (3e-3, 2e-2)}.get(preset_name, (5e-4, 3e-3))
+    raw: dict[str, Any] = {
+        "name": name, "base": base, "method": "random", "num_samples": n_jobs, "search_seed": 0, "seeds": [0],
+        "metric": {"name": "steps_to_generalize", "goal": "minimize"},
+        "parameters": {"weight_decay": {"distribution": "log_uniform_values", "min": 0.3, "max": 5.0},
+                       "lr": {"distribution": "log_uniform_values", "min": lr[0], "max": lr[1]}},
+        "report_every_s": 1, "keep_checkpoints": "none"}
+    if batched:
+        raw.update(pack=k, batched="on", max_concurrent=1, resources={"cpu": cores, "gpu": gpu})
+    else:
+        raw.update(pack=1, batched="off", max_concurrent=k, resources={"cpu": cores / k, "gpu": gpu / k})
+    return raw
+
+
+def gpu_compare(base_root: str, repo: Path, smoke: bool) -> None:
+    """jobs/s of K members per batched model against K separate trials sharing the device."""
+    presets = ("tiny",) if smoke else ("gromov", "nanda2023")
+    ks = (1, 4) if smoke else GPU_MEMBERS
+    cores, gpu = (1.0, 0.0) if smoke else (float(os.cpu_count() or 1), 1.0)
+    max_steps = 300 if smoke else None
+    device = "CPU (smoke: batched forced on, no speed-up expected)" if smoke else "GPU"
+    print(f"\nbatched models vs K trials sharing the {device}; {cores:g} cores, gpu {gpu:g}; 4K jobs per K")
+    for preset_name in presets:
+        for k in ks:
+            n_jobs = 4 * k
+            line = []
+            rates = {}
+            for batched in (True, False):
+                name = f"gpu-{preset_name}-k{k}-{'batched' if batched else 'separate'}"
+                raw = gpu_spec(name, preset_name, n_jobs, k, batched, cores, gpu, max_steps)
+                root = os.path.join(base_root, name)
+                shutil.rmtree(root, ignore_errors=True)
+                with cpu_lock():
+                    sweep = run_groksweep(raw, root, f"{root}.log", repo)
+                rows = sweep.rows
+                assert rows.height == n_jobs and (rows["status"] == store.COMPLETED).all(), rows["status"].to_list()
+                assert rows["batched"].all() == (batched and k > 1), "batched column"
+                span = max(_epoch(rows["ended_at"])) - min(_epoch(rows["started_at"]))
+                rates[batched] = n_jobs / span
+                grokked = rows.filter(~pl.col("censored"))["steps_to_generalize"]
+                steps = f"{grokked.min()}-{grokked.max()}" if grokked.len() else "none"
+                line.append(f"{'batched' if batched else 'separate'} {span:8.1f} s {rates[batched]:7.3f} jobs/s "
+                            f"(device {rows['device'][0]}, {grokked.len()}/{n_jobs} grokked at steps {steps})")
+            print(f"  {preset_name:9s} K={k:2d}: " + "; ".join(line)
+                  + f"; ratio {rates[True] / rates[False]:.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="400,2000", help="grid sizes in jobs, comma-separated (multiples of 50); "
@@ -386,6 +453,8 @@ def main() -> None:
     parser.add_argument("--optuna", action="store_true", help="add the Optuna sweep (2,000 jobs) and the sampler cost")
     parser.add_argument("--pack", type=int, default=None, help="the spec key `pack` (jobs per Tune trial) for the "
                         "grid sweeps; default: groksweep's rule")
+    parser.add_argument("--gpu", action="store_true", help="batched models on one GPU vs K trials sharing it")
+    parser.add_argument("--gpu-smoke", action="store_true", help="the --gpu path forced onto the CPU, small")
     parser.add_argument("--results", default=None, help="results root (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp results root")
     parser.add_argument("--repo", type=Path, default=REPO, help="run `groksweep sweep` from this source tree "
@@ -396,13 +465,19 @@ def main() -> None:
         sizes.append(10_000)
     base_root = args.results or tempfile.mkdtemp(prefix="gsscale")
     os.makedirs(base_root, exist_ok=True)
-    print(f"scale: tiny preset, {BASE['max_steps']} steps (eval every {BASE['eval_every']}), 1 thread per job, "
-          f"{CONCURRENCY} at a time; results under {base_root}; {os.cpu_count()} CPUs; groksweep from {args.repo}")
+    print(f"scale: results under {base_root}; {os.cpu_count()} CPUs; groksweep from {args.repo}")
+    if sizes or args.optuna:
+        print(f"  grid/optuna: tiny preset, {BASE['max_steps']} steps (eval every {BASE['eval_every']}), 1 thread "
+              f"per job, {CONCURRENCY} at a time")
     try:
         ratios = {n: grid_size(n, args.pack, base_root, args.repo.resolve()) for n in sizes}
         if args.optuna:
             ratios["optuna"] = optuna_size(base_root, args.repo.resolve())
             sampler_cost(base_root)
+        if args.gpu or args.gpu_smoke:
+            gpu_compare(base_root, args.repo.resolve(), smoke=args.gpu_smoke)
+        if not ratios:
+            return
         print("\nsummary: ratio groksweep / pool (first start -> last end): "
               + ", ".join(f"{k}: {v:.3f}" for k, v in ratios.items()))
     finally:

@@ -29,9 +29,10 @@ DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
 OBJECTIVE = "objective"  # the metric the search sees: never missing, censored runs at their penalty
 TOP_KEYS = ("name", "description", "base", "method", "metric", "parameters", "seeds", "max_concurrent",
             "resources", "max_failures", "num_samples", "sampler", "search_seed", "prune", "checkpoint_every",
-            "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints", "budget")
+            "checkpoint_every_s", "report_every_s", "pack", "keep_checkpoints", "budget", "batched")
 KEEP_CHECKPOINTS = ("none", "censored", "all")
 BUDGET_UNTIL = ("median_known",)
+BATCHED = ("auto", "on", "off")  # auto: a pack's jobs of one batching key train as one batched model on a GPU
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MAX_GRID_TRIALS = 100_000
 # A spec is a few hundred bytes; these bound what a hostile one can cost before it is refused (< 2 s).
@@ -170,6 +171,7 @@ class SweepSpec:
     pack: int | None = None  # jobs per Tune trial; None: the rule in orchestrator.jobs
     keep_checkpoints: str = "censored"  # none | censored | all: which ended jobs keep their final checkpoint
     budget: Budget | None = None  # censoring-aware budgets; None: every job has its config's max_steps
+    batched: str = "auto"  # auto | on | off: batched models on a GPU trial | also on CPU | never
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)  # the spec as given
 
@@ -444,6 +446,11 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         problems.append(f"keep_checkpoints: {keep_checkpoints!r} is not allowed; choose one of "
                         f"{', '.join(KEEP_CHECKPOINTS)}")
+    batched = raw.get("batched", "auto")
+    if isinstance(batched, bool):  # YAML 1.1 reads a bare on / off as true / false
+        batched = "on" if batched else "off"
+    if batched not in BATCHED:
+        problems.append(f"batched: {batched!r} is not allowed; choose one of {', '.join(BATCHED)}")
     if method == "grid" and num_samples is not None:
         problems.append("num_samples: belongs to random/optuna; grid runs the full product of `values`")
     if method in ("random", "optuna") and num_samples is None:
@@ -486,7 +493,7 @@ def _parse(raw: dict[str, Any], problems: list[str]) -> SweepSpec | None:
         max_failures=max_failures, num_samples=num_samples, sampler=sampler, search_seed=search_seed,
         prune_not_memorized_by=prune_by, checkpoint_every=checkpoint_every,
         checkpoint_every_s=checkpoint_every_s, report_every_s=report_every_s, pack=pack,
-        keep_checkpoints=keep_checkpoints, budget=budget, description=description, raw=raw,
+        keep_checkpoints=keep_checkpoints, budget=budget, batched=batched, description=description, raw=raw,
     )
     _check_configs(spec, problems)
     return None if problems else spec

@@ -1,5 +1,7 @@
 """The Tune trainable: one Tune trial trains a pack of jobs, one after another, in its actor's trainer
 process (`trainer_process`), and writes each job's rows, curve, log and checkpoint to the store itself.
+On a GPU (spec key `batched`) a pack's jobs of one shape train together as one batched model instead:
+`orchestrator.batched_pack`, which keeps this module's per-job rules for each member.
 
 Per job (see `orchestrator.reconcile` for the invariants this keeps):
 - a job whose row is already final is skipped (a retried pack, or a resume, never trains it twice);
@@ -46,7 +48,12 @@ def train_pack(config: dict[str, Any], spec: SweepSpec, root: str, packs: list[l
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     jobs = pack_jobs(config, spec, packs)
     pack = _Pack(spec, root, len(jobs), tune.report)
-    rows = [pack.run(job) for job in jobs]
+    from orchestrator import batched_pack  # it builds on this module
+
+    if batched_pack.wants_batched(spec):  # jobs of one batching key as one batched model (spec key `batched`)
+        rows = batched_pack.run_jobs(pack, jobs)
+    else:
+        rows = [pack.run(job) for job in jobs]
     pack.finish(rows)
 
 

@@ -72,6 +72,26 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class BatchedJob:
+    """Jobs of one batching key, trained as one batched model (trainers.batched.run_batched)."""
+
+    jobs: list[Job]  # one per member; each its own config and checkpoint directory, the rest as the first's
+
+
+@dataclass(frozen=True)
+class Member:
+    """A batched job's message about its member `index`: a Batch of its evaluations, or its Finished."""
+
+    index: int
+    message: Batch | Finished
+
+
+@dataclass(frozen=True)
+class GroupDone:
+    """A batched job's last message: every member has finished."""
+
+
+@dataclass(frozen=True)
 class _Failure:
     traceback: str
 
@@ -101,7 +121,7 @@ class TrainerProcess:
         """Alive, and started under the environment this process has now."""
         return self.process.poll() is None and self.env == _env()
 
-    def run(self, job: Job) -> Iterator[Started | Batch | Finished]:
+    def run(self, job: Job | BatchedJob) -> Iterator[Started | Batch | Finished | Member | GroupDone]:
         """Start `job`; yield what the child sends until it has finished. Raises TrainerFailed."""
         self._jobs.send(job)
         while True:
@@ -113,7 +133,7 @@ class TrainerProcess:
             if isinstance(message, _Failure):
                 raise TrainerFailed(message.traceback)
             yield message
-            if isinstance(message, Finished):
+            if isinstance(message, Finished | GroupDone):
                 return
 
     def release(self) -> None:
@@ -168,7 +188,7 @@ def serve(job_fd: int, out_fd: int, lifeline_fd: int) -> None:
         except EOFError:
             return
         try:
-            out.send(_train(job, run, jobs, out))
+            out.send(_train_batched(job, jobs, out) if isinstance(job, BatchedJob) else _train(job, run, jobs, out))
         except Exception:
             out.send(_Failure(traceback.format_exc()))
 
@@ -183,13 +203,12 @@ def _exit_with_parent(lifeline_fd: int) -> None:
             os._exit(1)
 
 
-def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
+def _reporter(job: Job, jobs: Connection, send: Any) -> Any:
+    """The `report` callback of one job: batches its evaluations (see the module docstring) and sends them
+    with `send`; a batch with a checkpoint waits until the actor has released it."""
     from orchestrator.stopping import GrokkingPolicy
-    from trainers.config import from_dict
-    from trainers.run import pick_device
 
     policy = GrokkingPolicy(job.prune_not_memorized_by)
-    out.send(Started(str(pick_device())))
     pending: list[dict[str, Any]] = []
     last_sent = time.monotonic()
 
@@ -200,15 +219,43 @@ def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
         due = time.monotonic() - last_sent >= job.report_every_s
         if ev.checkpoint is None and not (ev.done or pruned or due):
             return False
-        out.send(Batch(list(pending), ev.step, dict(ev.metrics), dict(ev.events),
-                       None if ev.checkpoint is None else str(ev.checkpoint), ev.done, pruned))
+        send(Batch(list(pending), ev.step, dict(ev.metrics), dict(ev.events),
+                   None if ev.checkpoint is None else str(ev.checkpoint), ev.done, pruned))
         pending.clear()
         last_sent = time.monotonic()
         if ev.checkpoint is not None:
             jobs.recv()  # released: the checkpoint is with Tune
         return pruned
 
-    result = run(from_dict(job.config), report, checkpoint_dir=job.checkpoint_dir,
-                 checkpoint_every=job.checkpoint_every, checkpoint_every_s=job.checkpoint_every_s)
+    return report
+
+
+def _finished(result: Any) -> Finished:
     return Finished(result.steps_run, result.censored, dict(result.events), result.wall_s, result.history,
                     result.stopped_by_report, result.device)
+
+
+def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
+    from trainers.config import from_dict
+    from trainers.run import pick_device
+
+    out.send(Started(str(pick_device())))
+    result = run(from_dict(job.config), _reporter(job, jobs, out.send), checkpoint_dir=job.checkpoint_dir,
+                 checkpoint_every=job.checkpoint_every, checkpoint_every_s=job.checkpoint_every_s)
+    return _finished(result)
+
+
+def _train_batched(group: BatchedJob, jobs: Connection, out: Connection) -> GroupDone:
+    """Each member's batches and its Finished (the moment it ends) as `Member` messages, then GroupDone."""
+    from trainers.batched import run_batched
+    from trainers.config import from_dict
+    from trainers.run import pick_device
+
+    out.send(Started(str(pick_device())))
+    first = group.jobs[0]
+    reports = [_reporter(job, jobs, lambda message, i=i: out.send(Member(i, message)))
+               for i, job in enumerate(group.jobs)]
+    run_batched([from_dict(job.config) for job in group.jobs], reports, [job.checkpoint_dir for job in group.jobs],
+                checkpoint_every=first.checkpoint_every, checkpoint_every_s=first.checkpoint_every_s,
+                on_end=lambda i, result: out.send(Member(i, _finished(result))))
+    return GroupDone()

@@ -1,0 +1,76 @@
+"""The batched model (trainers/batched.py) against the same jobs trained one after another, in one process:
+jobs per second with K members per batched model, and ended members compacted out vs masked.
+
+The jobs grok at different steps (weight decay and lr spread over a grid, stop_on_generalize on), so members
+leave the batch one by one: that is where compacting (drop their rows) and masking (keep them, zero their
+update) differ. Timed on whatever device `trainers.run` picks (CUDA when present).
+
+    .venv/bin/python benchmarks/batched_speed.py                       # tiny, K = 1, 8, 32 (CPU: ~1 minute)
+    .venv/bin/python benchmarks/batched_speed.py --preset gromov --members 1,8,32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import itertools
+import time
+
+import torch
+
+from trainers.batched import run_batched
+from trainers.config import preset
+from trainers.run import pick_device, run
+
+LOCK_FILE = "/tmp/groksweep-cpu.lock"
+WEIGHT_DECAYS = [0.5, 1.0, 2.0, 3.0, 5.0]
+LEARNING_RATES = {"tiny": [5e-3, 1e-2], "gromov": [1e-3, 2e-3], "nanda2023": [1e-3, 2e-3]}
+
+
+def configs(name: str, k: int, max_steps: int | None, threads: int) -> list:
+    grid = itertools.cycle(itertools.product(LEARNING_RATES.get(name, [1e-3]), WEIGHT_DECAYS))
+    overrides = {"threads": threads, **({"max_steps": max_steps} if max_steps else {})}
+    return [preset(name, lr=lr, weight_decay=wd, seed=seed, **overrides)
+            for seed, (lr, wd) in zip(range(k), grid, strict=False)]
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--members", default="1,8,32", help="K values, comma-separated")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the preset's budget")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sequential-jobs", type=int, default=10, help="jobs timed alone, one after another: the "
+                        "first N members (10 = one cycle of the lr x weight-decay grid); member i costs what i % N did")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.members.split(",")]
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        print(f"{args.preset} on {pick_device()}, {args.threads} thread(s); jobs grok at different steps")
+        run_batched(configs(args.preset, 2, 20, args.threads))  # warm-up (CUDA context, kernels)
+        widest = configs(args.preset, max(ks), args.max_steps, args.threads)
+        n = min(args.sequential_jobs, len(widest))
+        alone = [timed(lambda c=c: run(c)) for c in widest[:n]]  # member i alone ~ alone[i % n] (the grid cycles)
+        print(f"  alone, one after another: {n} jobs in {sum(alone):.2f} s = {n / sum(alone):.2f} jobs/s")
+        for k in ks:
+            members = widest[:k]
+            baseline = sum(alone[i % n] for i in range(k))  # the same K jobs alone, one after another
+            line = [f"  K={k:3d} alone {baseline:7.2f} s"]
+            for ended in ("compact", "mask"):
+                seconds = timed(lambda members=members, ended=ended: run_batched(members, ended=ended))
+                line.append(f"{ended}: {seconds:7.2f} s, {k / seconds:7.2f} jobs/s ({baseline / seconds:5.2f}x alone)")
+            print("   ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
