@@ -130,6 +130,7 @@ def _store_run(results: str, name: str, result: Any) -> str:
 
     config = result.config.to_dict()
     trial_id = "t" + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    store.mark_new_root(results)
     store.write_curve_rows(results, name, trial_id, result.history)
     store.compact_curves(results, name, trial_id)
     from orchestrator.jobs import outcome_from_curve, row_fields

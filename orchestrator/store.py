@@ -848,6 +848,14 @@ def root_migrated(root: Root) -> bool:
         return not sweeps(root)
 
 
+def mark_new_root(root: Root) -> None:
+    """A root whose first tables are being written in the current layout gets the schema mark now, so that
+    later commands do not take it for an old root and migrate it (call after `ensure_migrated`)."""
+    fs, base, _ = _fs(root)
+    if fs.get_file_info(f"{base}/{SCHEMA_MARK}").type == pafs.FileType.NotFound and root_migrated(root):
+        mark_migrated(root)
+
+
 def mark_migrated(root: Root) -> None:
     where = ResultsRoot.of(root)
     fs = where.fs

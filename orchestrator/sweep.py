@@ -395,6 +395,7 @@ def _ctrl_c_stops(stopper) -> Iterator[None]:
 
 
 def _write_sweep_files(spec: SweepSpec, root: str, spec_text: str) -> None:
+    store.mark_new_root(root)
     store.write_sweep_file(root, spec.name, SPEC_FILE, spec_text.encode())
     meta = {"name": spec.name, "method": spec.method, "n_jobs": spec.n_jobs, "n_trials": spec.n_jobs,
             "created": time.time(), "host": socket.gethostname()}
