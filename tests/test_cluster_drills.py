@@ -92,9 +92,17 @@ def trial_processes(c) -> dict[str, list[int]]:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith("ray::ImplicitFunc"):
-                running.setdefault(node.name, []).append(pid)
-    return running
+            if title.startswith("ray::ImplicitFunc") and not _title_of_parent(pid).startswith("ray::ImplicitFunc"):
+                running.setdefault(node.name, []).append(pid)  # (a trial's trainer child, between its fork
+    return running                                              # and exec, still carries the trial's title)
+
+
+def _title_of_parent(pid: int) -> str:
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except (OSError, IndexError, ValueError):
+        return ""
 
 
 def run_watching(c, args: list[str], env: dict[str, str], timeout: float = 150):
