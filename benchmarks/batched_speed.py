@@ -20,7 +20,7 @@ import torch
 
 from trainers.batched import run_batched
 from trainers.config import preset
-from trainers.run import pick_device, run
+from trainers.loop import pick_device, run
 
 LOCK_FILE = "/tmp/groksweep-cpu.lock"
 WEIGHT_DECAYS = [0.5, 1.0, 2.0, 3.0, 5.0]
@@ -45,6 +45,9 @@ def timed(fn) -> float:
 
 
 def main() -> None:
+    from trainers.loop import keep_freed_memory
+
+    keep_freed_memory()  # both sides, as groksweep's trainer process does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--members", default="1,8,32", help="K values, comma-separated")

@@ -205,8 +205,9 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
 
 def _train(config: TrainConfig) -> tuple[float, float, float]:
     started = time.time()  # before the import: a trial's trainer process imports torch in its first job too
-    from trainers.run import run
+    from trainers.loop import keep_freed_memory, run
 
+    keep_freed_memory()  # as a trial's trainer process does
     result = run(config)
     return started, time.time(), result.wall_s
 

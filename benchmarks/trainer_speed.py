@@ -154,6 +154,10 @@ MEASURE_LEVELS = ("none", "cheap", "full")  # sides that are ours with that prog
 
 def worker(side: str, name: str, steps: int | None) -> dict:
     """Train one side in this (fresh) process; time the steady state between evaluations."""
+    from trainers.loop import keep_freed_memory
+
+    if side == "ours" or side in MEASURE_LEVELS:
+        keep_freed_memory()  # groksweep's trainer process does this before it trains (trainer_process.serve)
     torch.set_num_threads(THREADS)
     level = side if side in MEASURE_LEVELS else "none"
     overrides = dict(threads=THREADS, dtype="float32", progress_measures=level)

@@ -34,8 +34,9 @@ from trainers.config import preset
 
 def _train(config) -> tuple[float, float, int]:
     started = time.time()  # before the import: a Tune trial's first call imports torch inside the trial too
-    from trainers.run import run
+    from trainers.loop import keep_freed_memory, run
 
+    keep_freed_memory()  # as a trial's trainer process does
     result = run(config)
     return started, time.time(), result.steps_run
 
@@ -79,8 +80,9 @@ def overhead(trials: int, steps: int, concurrency: int, root: str, repeats: int)
 
 
 def _training_s(config) -> float:
-    from trainers.run import run
+    from trainers.loop import keep_freed_memory, run
 
+    keep_freed_memory()
     return run(config).wall_s
 
 

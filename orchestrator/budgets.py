@@ -11,7 +11,7 @@ job of a round whose row is still censored below the round's budget):
                  "jobs": ["c0000-s0-1a2b3c", ...], "rerun_missing": ["c0001-s0-4d5e6f"], "created": ...}]}
 
 An extended job continues from its final checkpoint; the trainer accepts a checkpoint whose config differs
-only by a smaller `max_steps` (trainers.run.extends_budget), and the continued run is bit-identical to
+only by a smaller `max_steps` (trainers.loop.extends_budget), and the continued run is bit-identical to
 the job run with the larger budget from the start. Its final row is then replaced -- the one case where a
 final row is -- by the longer run's, with `budget_history` (every budget it ran under) and
 `extended_from_steps`. Optuna sweeps are refused: a COMPLETE Optuna trial's value cannot change.

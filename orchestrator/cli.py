@@ -164,7 +164,10 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trainers import preset, run
+    from trainers.loop import keep_freed_memory
     from trainers.metrics import EVENTS
+
+    keep_freed_memory()  # this process only trains
 
     check_format(format, ("table", "json"))
     config = preset(preset_name, **parse_sets(set_values))

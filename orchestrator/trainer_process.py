@@ -180,7 +180,9 @@ def discard_shared() -> None:
 def serve(job_fd: int, out_fd: int, lifeline_fd: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(lifeline_fd,), daemon=True).start()
     jobs, out = Connection(job_fd, writable=False), Connection(out_fd, readable=False)
-    from trainers.run import run  # torch: once per child
+    from trainers.loop import keep_freed_memory, run  # torch: once per child
+
+    keep_freed_memory()  # this process only trains (trainers.loop.keep_freed_memory)
 
     while True:
         try:
@@ -237,7 +239,7 @@ def _finished(result: Any) -> Finished:
 
 def _train(job: Job, run: Any, jobs: Connection, out: Connection) -> Finished:
     from trainers.config import from_dict
-    from trainers.run import pick_device
+    from trainers.loop import pick_device
 
     out.send(Started(str(pick_device())))
     result = run(from_dict(job.config), _reporter(job, jobs, out.send), checkpoint_dir=job.checkpoint_dir,
@@ -249,7 +251,7 @@ def _train_batched(group: BatchedJob, jobs: Connection, out: Connection) -> Grou
     """Each member's batches and its Finished (the moment it ends) as `Member` messages, then GroupDone."""
     from trainers.batched import run_batched
     from trainers.config import from_dict
-    from trainers.run import pick_device
+    from trainers.loop import pick_device
 
     out.send(Started(str(pick_device())))
     first = group.jobs[0]

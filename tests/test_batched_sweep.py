@@ -13,7 +13,7 @@ from orchestrator.jobs import expected_jobs, train_config
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import run_sweep
 from trainers.config import preset
-from trainers.run import run
+from trainers.loop import run
 
 BASE = {"preset": "tiny", "max_steps": 300, "threads": 1}  # lr 1e-2, wd 3 generalises at 240 and stops at 260
 

@@ -15,7 +15,7 @@ from orchestrator.cli import app
 from orchestrator.jobs import expected_jobs, outcome_from_curve, row_fields, train_config
 from orchestrator.spec import parse_spec
 from orchestrator.sweep import META_FILE, SPEC_FILE
-from trainers.run import run
+from trainers.loop import run
 
 SPEC = {"name": "chk", "base": {"preset": "tiny", "max_steps": 60, "eval_every": 20}, "method": "grid",
         "parameters": {"weight_decay": {"values": [1.0, 2.0]}}, "seeds": [0, 1]}

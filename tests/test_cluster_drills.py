@@ -364,7 +364,7 @@ def test_driver_sigkill_then_resume_on_the_cluster_loses_and_duplicates_nothing(
 
 def test_worker_node_lost_mid_trial_resumes_from_checkpoint_on_the_other_worker(cluster, tmp_path):
     from trainers.config import FIELD_NAMES, TrainConfig
-    from trainers.run import run
+    from trainers.loop import run
 
     root = tmp_path / "results"
     max_steps, eval_every = 3000, 50

@@ -129,7 +129,7 @@ def test_random_and_multi_objective_sweeps_end_to_end(local_ray, tmp_path):
     table = assert_sweep_whole(tmp_path, "rand", 3)
     assert table["pack_size"].to_list() == [2, 2, 1]  # spec key `pack`: jobs per Tune trial
     # a packed job's curve is bit-identical to the same job trained alone
-    from trainers.run import run
+    from trainers.loop import run
 
     curves = store.collect(lambda: store.curves(tmp_path, ["rand"]).sort("trial_id", "step"))
     for job in expected_jobs(random_spec):
@@ -151,7 +151,7 @@ def test_random_and_multi_objective_sweeps_end_to_end(local_ray, tmp_path):
 
 def test_a_job_that_raises_is_failed_with_a_plain_traceback_and_the_pack_goes_on(local_ray, tmp_path):
     from trainers.config import preset
-    from trainers.run import run
+    from trainers.loop import run
 
     spec = parse_spec({"name": "boom", "base": {**TINY, "max_steps": 100}, "method": "grid", "pack": 2,
                        "max_failures": 1, "parameters": {"weight_decay": {"values": [1.0, 2.0]}}, "seeds": [0]})

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.trainer_process import Batch, Finished, Job, Started, TrainerFailed, TrainerProcess
 from trainers.config import preset
-from trainers.run import run
+from trainers.loop import run
 
 CONFIG = dataclasses.replace(preset("tiny"), max_steps=300, stop_on_generalize=False, threads=1)
 

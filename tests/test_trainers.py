@@ -247,3 +247,13 @@ def test_mlp_gradients_equal_the_dense_one_hot_models_on_both_backward_paths(act
         grads[path] = (model.w_in.grad.clone(), model.w_out.grad.clone())
         torch.testing.assert_close(grads[path][0], w_in.grad)
         torch.testing.assert_close(grads[path][1], w_out.grad)
+
+
+def test_run_leaves_the_process_as_it_found_it(tmp_path):
+    """No process-wide side effects (a notebook calls it): the global torch RNG and thread count are as
+    before, also when resuming from a checkpoint (nothing in a run draws from the global RNG)."""
+    torch.manual_seed(123)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    run(preset("tiny", max_steps=20, threads=1), checkpoint_dir=tmp_path)
+    run(preset("tiny", max_steps=40, threads=1), checkpoint_dir=tmp_path)  # resumed (extended) from step 20
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads

@@ -14,6 +14,5 @@ __all__ = ["PRESETS", "ConfigError", "Evaluation", "TrainConfig", "TrialResult",
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "Evaluation", "TrialResult"):
-        run_module = importlib.import_module("trainers.run")  # also binds `trainers.run`: a callable module
-        return getattr(run_module, name)
+        return getattr(importlib.import_module("trainers.loop"), name)
     raise AttributeError(name)

@@ -30,19 +30,18 @@ import torch.nn.functional as F
 from trainers import checkpoint
 from trainers.batching import batching_key
 from trainers.config import ConfigError, TrainConfig, with_defaults
-from trainers.metrics import TOP_FREQUENCIES, EventTracker
-from trainers.models import build_model
-from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sample_loss
-from trainers.progress import ProgressMeter
-from trainers.run import (
+from trainers.loop import (
     Evaluation,
     Report,
     TrialResult,
     batch_indices,
     extends_budget,
-    keep_freed_memory,
     pick_device,
 )
+from trainers.metrics import TOP_FREQUENCIES, EventTracker
+from trainers.models import build_model
+from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sample_loss
+from trainers.progress import ProgressMeter
 from trainers.tasks import MODULAR, make_dataset
 
 EPS = 1e-8  # torch.optim.Adam's default, as make_optimizer uses it
@@ -335,7 +334,7 @@ def _member_state(stack: _Stack, slot: int, m: _Member, started: float) -> dict:
     if c.grokfast == "ema":
         ema = [stack.state[name]["ema"][slot].detach().cpu().clone() for name in stack.names] if m.has_ema else None
         grad_filter = {"ema": ema, "history": []}
-    return dict(model=m.module.state_dict(), optimizer=m.optimizer.state_dict(), rng_cpu=torch.get_rng_state(),
+    return dict(model=m.module.state_dict(), optimizer=m.optimizer.state_dict(),
                 grad_filter=grad_filter, step=m.step, history=m.history, config=c.to_dict(),
                 wall_s=m.wall_before + time.perf_counter() - started)
 
@@ -381,7 +380,6 @@ def run_batched(configs: Sequence[TrainConfig], reports: Sequence[Report | None]
     if ended not in ("compact", "mask"):
         raise ValueError(f"ended: compact | mask, got {ended!r}")
     started = time.perf_counter()
-    keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if configs[0].threads is not None:
         torch.set_num_threads(configs[0].threads)

@@ -1,6 +1,7 @@
 """Save and restore the whole training state in one directory, atomically.
 
-A checkpoint directory holds `state.pt` (model, optimiser, gradient filter, RNG states, step, history) and
+A checkpoint directory holds `state.pt` (model, optimiser, gradient filter, step, history; no global torch
+RNG state: nothing in a run draws from it -- init, split and batches use their own seeded generators) and
 `config.json` (readable). New ones are written as `<checkpoint_dir>/step-<step>/` through a temporary
 directory and a rename, then older ones are removed, so a kill at any moment leaves one complete
 checkpoint. The newest complete one is resumed, whether it sits in a `step-*` folder or was copied

@@ -1,4 +1,5 @@
-"""`run(config, report, checkpoint_dir)`: one grokking training job, from a config to its events.
+"""The training loop -- `run(config, report, checkpoint_dir)`: one grokking training job, from a config to its
+events (public as `trainers.run`).
 
 The interface (`run`, `Evaluation`, `TrialResult`) is pinned: the orchestrator's Tune adapter builds on it.
 """
@@ -6,9 +7,7 @@ The interface (`run`, `Evaluation`, `TrialResult`) is pinned: the orchestrator's
 from __future__ import annotations
 
 import ctypes
-import sys
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +79,8 @@ def extends_budget(saved: dict[str, Any], config: TrainConfig) -> bool:
 def keep_freed_memory() -> None:
     """Let glibc reuse freed large blocks instead of returning them to the OS: every step allocates the
     same multi-MB activations, and fresh pages cost a page fault each (measured: gromov 16 -> 10 ms/step).
-    Process-wide and harmless for a training process; a no-op off glibc."""
+    Process-wide, so `run()` never calls it: the processes groksweep owns do (the trainer child, `train`);
+    call it yourself in a notebook or script that only trains. A no-op off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -96,7 +96,6 @@ def run(config: TrainConfig, report: Report | None = None, checkpoint_dir: str |
     at the end), replacing the previous one atomically. Saving never touches the RNG: when checkpoints
     happen does not change the run."""
     started = time.perf_counter()
-    keep_freed_memory()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -135,7 +134,6 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         optimizer.load_state_dict(state["optimizer"])
         if grad_filter is not None:
             grad_filter.load_state_dict(state["grad_filter"])
-        torch.set_rng_state(state["rng_cpu"])
         step, history, wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
         if extended:  # the evaluation at the old budget's end is not one the longer run makes
             history = [row for row in history if row["step"] % config.eval_every == 0]
@@ -145,7 +143,7 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
         return step >= config.max_steps or (config.stop_on_generalize and tracker.streak >= config.confirm_evals)
 
     def save() -> Path:
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state(),
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                      grad_filter=grad_filter.state_dict() if grad_filter else None, step=step, history=history,
                      config=config.to_dict(), wall_s=wall_before + time.perf_counter() - started)
         return checkpoint.save(checkpoint_dir, state, config.to_dict())
@@ -196,14 +194,3 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
                        wall_s=wall_before + time.perf_counter() - started, final_metrics=final_metrics,
                        device=str(device),
                        history=history, stopped_by_report=stopped_by_report)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing `trainers.run` binds the package attribute `run` to this module, shadowing the function
-    that `trainers/__init__` exposes lazily; a callable module keeps `trainers.run(config)` working either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrialResult:
-        return run(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
