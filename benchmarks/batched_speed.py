@@ -7,11 +7,15 @@ update) differ. Timed on whatever device `trainers.run` picks (CUDA when present
 
     .venv/bin/python benchmarks/batched_speed.py                       # tiny, K = 1, 8, 32 (CPU: ~1 minute)
     .venv/bin/python benchmarks/batched_speed.py --preset gromov --members 1,8,32,64
+    python3 benchmarks/batched_speed.py --preset gromov --members 1,8,32,64 --separate   # on a GPU: the issue's
+        comparison, end to end over 4K jobs per K: K-member batched models vs K separate processes sharing the
+        device at once (as K Tune trials at {gpu: 1/K} would), each training its share of the same jobs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import itertools
 import time
@@ -55,8 +59,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sequential-jobs", type=int, default=10, help="jobs timed alone, one after another: the "
                         "first N members (10 = one cycle of the lr x weight-decay grid); member i costs what i % N did")
+    parser.add_argument("--separate", action="store_true", help="instead: 4K jobs per K, as batched models of K "
+                        "against K concurrent processes sharing the device (jobs/s end to end)")
     args = parser.parse_args()
     ks = [int(k) for k in args.members.split(",")]
+    if args.separate:
+        separate_vs_batched(args.preset, ks, args.max_steps, args.threads)
+        return
     with open(LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"{args.preset} on {pick_device()}, {args.threads} thread(s); jobs grok at different steps")
@@ -73,6 +82,47 @@ def main() -> None:
                 seconds = timed(lambda members=members, ended=ended: run_batched(members, ended=ended))
                 line.append(f"{ended}: {seconds:7.2f} s, {k / seconds:7.2f} jobs/s ({baseline / seconds:5.2f}x alone)")
             print("   ".join(line), flush=True)
+
+
+def _separate_worker(jobs: list, barrier, results) -> None:
+    """One of K processes sharing the device: CUDA initialised before the clock (a trial's trainer pays it
+    once), then its jobs one after another."""
+    from trainers.loop import keep_freed_memory, run
+
+    keep_freed_memory()
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+    run(dataclasses.replace(jobs[0], max_steps=20))  # warm-up kernels, as a trial's first job did
+    barrier.wait()
+    started = time.time()
+    for config in jobs:
+        run(config)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    results.put((started, time.time()))
+
+
+def separate_vs_batched(name: str, ks: list[int], max_steps: int | None, threads: int) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    print(f"{name} on {pick_device()}: per K, 4K jobs (lr x weight decay x seed, grokking at different steps)",
+          flush=True)
+    run_batched(configs(name, 2, 20, threads))  # warm-up in this process
+    for k in ks:
+        jobs = configs(name, 4 * k, max_steps, threads)
+        batched_s = timed(lambda jobs=jobs, k=k: [run_batched(jobs[i:i + k]) for i in range(0, len(jobs), k)])
+        barrier, results = ctx.Barrier(k), ctx.Queue()
+        workers = [ctx.Process(target=_separate_worker, args=(jobs[i::k], barrier, results)) for i in range(k)]
+        for w in workers:
+            w.start()
+        spans = [results.get(timeout=3600) for _ in workers]
+        for w in workers:
+            w.join()
+        separate_s = max(end for _, end in spans) - min(start for start, _ in spans)
+        print(f"  K={k:3d}: {4 * k} jobs  batched {batched_s:8.2f} s = {4 * k / batched_s:8.2f} jobs/s   "
+              f"{k} separate processes {separate_s:8.2f} s = {4 * k / separate_s:8.2f} jobs/s   "
+              f"ratio {separate_s / batched_s:6.2f}x", flush=True)
 
 
 if __name__ == "__main__":
