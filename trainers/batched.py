@@ -18,6 +18,7 @@ faster on CPU (benchmarks/batched_speed.py).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -134,7 +135,8 @@ class _Member:
     has_momentum: bool = False  # SGD's buffer exists
     has_ema: bool = False  # Grokfast's filter has seen a gradient
     filter: GradientFilter | None = None  # Grokfast's filter as trainers.run keeps it: the checkpoint format
-    progress: ProgressMeter | None = None  # its progress measures, on the CPU copy of its weights
+    progress: ProgressMeter | None = None  # its progress measures, read from `probe`
+    probe: torch.nn.Module | None = None  # a copy of its model on the device, refreshed from the stack to measure
 
     def finished(self) -> bool:
         c = self.config
@@ -301,9 +303,11 @@ def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular:
     rows = [{**dict(zip(names, row, strict=False)), **({} if modular else {"fourier_sparsity": float("nan")})}
             for row in values]
     for slot, m in enumerate(stack.members):
-        if (due is None or due[slot]) and m.progress is not None and m.progress.level != "none":
-            _sync_module(stack, slot, m)
-            rows[slot].update(m.progress(m.module, train_logits[slot].detach().cpu(), val_logits[slot].detach().cpu()))
+        if (due is None or due[slot]) and m.progress is not None and m.probe is not None:
+            with torch.no_grad():
+                for name, p in zip(stack.names, m.probe.parameters(), strict=True):
+                    p.copy_(stack.params[name][slot])
+            rows[slot].update(m.progress(m.probe, train_logits[slot].detach(), val_logits[slot].detach()))
     return rows
 
 
@@ -405,8 +409,11 @@ def _run_batched(configs: list[TrainConfig], reports: list[Report | None], dirs:
             config.grokfast, config.grokfast_alpha, config.grokfast_lambda, config.grokfast_window)
         m.tracker = EventTracker(p=config.p)
         inputs = module.inputs(data.a, data.b)
-        m.progress = ProgressMeter(config.progress_measures, config.op, data.n_symbols, config.loss, config.model,
-                                   data.labels, data.train_idx, data.val_idx, inputs, dtype)
+        if config.progress_measures != "none":  # measured on the device, like a job alone
+            m.probe = copy.deepcopy(module).to(device)
+            m.progress = ProgressMeter(config.progress_measures, config.op, data.n_symbols, config.loss,
+                                       config.model, data.labels.to(device), data.train_idx.to(device),
+                                       data.val_idx.to(device), inputs.to(device), dtype)
         _load(m)
         m.last_save = time.monotonic()
         members.append(m)
