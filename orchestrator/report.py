@@ -149,6 +149,13 @@ def _group_order(labels: pl.Series, trials: pl.DataFrame, column: str | None) ->
     return first["group"].to_list()
 
 
+def colored_groups(frame: pl.DataFrame, column: str | None) -> tuple[pl.Series, list[str], dict[str, str]]:
+    """Each row's group label, the groups in drawing order, and each group's colour."""
+    labels = groups_of(frame, column)
+    order = _group_order(labels, frame, column)
+    return labels, order, dict(zip(order, _palette(len(order)), strict=True))
+
+
 def _palette(n: int) -> list[str]:
     import plotly.colors as pc
 
@@ -230,9 +237,7 @@ def curves_section(data: ReportData, max_lines: int = MAX_LINES) -> Section:
     trials = data.trials.filter(pl.col("trial_id").is_in(data.curves["trial_id"].unique().implode()))
     if trials.is_empty():
         return Section("curves", "Learning curves", note="No curves stored yet.")
-    labels = groups_of(trials, data.color_by)
-    order = _group_order(labels, trials, data.color_by)
-    colors = dict(zip(order, _palette(len(order)), strict=True))
+    labels, order, colors = colored_groups(trials, data.color_by)
     figure = go.Figure()
     if trials.height <= max_lines:
         note = (f"Every job ({trials.height}): validation accuracy solid, training accuracy dotted; hover a "
@@ -285,9 +290,7 @@ def aligned_section(data: ReportData, max_lines: int = MAX_LINES) -> Section:
                                 & pl.col("trial_id").is_in(data.curves["trial_id"].unique().implode()))
     if trials.is_empty():
         return Section("aligned", "Aligned at memorisation", note="No job has memorised yet.")
-    labels = groups_of(trials, data.color_by)
-    order = _group_order(labels, trials, data.color_by)
-    colors = dict(zip(order, _palette(len(order)), strict=True))
+    labels, order, colors = colored_groups(trials, data.color_by)
     memorised = dict(zip(trials["trial_id"].to_list(), trials["steps_to_memorize"].to_list(), strict=True))
     group_of = dict(zip(trials["trial_id"].to_list(), labels.to_list(), strict=True))
     curves = (data.curves.filter(pl.col("trial_id").is_in(list(memorised)))
@@ -400,9 +403,7 @@ def survival_section(data: ReportData) -> Section:
     frame = studies.time_to_event(finished, "steps_to_generalize")
     if frame.is_empty():
         return Section("survival", "Time to grok (Kaplan-Meier)", note="No finished job has a step count yet.")
-    labels = groups_of(frame, data.color_by)
-    order = _group_order(labels, frame, data.color_by)
-    colors = dict(zip(order, _palette(len(order)), strict=True))
+    labels, order, colors = colored_groups(frame, data.color_by)
     figure = go.Figure()
     label_array = np.array(labels.to_list())
     for group in order:
@@ -693,9 +694,7 @@ def progress_section(data: ReportData) -> Section | None:
     if not measures or data.trials.is_empty():
         return None
     trials = data.trials.filter(pl.col("trial_id").is_in(data.curves["trial_id"].unique().implode()))
-    labels = groups_of(trials, data.color_by)
-    order = _group_order(labels, trials, data.color_by)
-    colors = dict(zip(order, _palette(len(order)), strict=True))
+    labels, order, colors = colored_groups(trials, data.color_by)
     grid = _grid(data.curves)
     ids, label_array = trials["trial_id"].to_list(), np.array(labels.to_list())
     columns = min(3, len(measures))
