@@ -30,14 +30,14 @@ import torch.nn.functional as F
 
 from trainers import checkpoint
 from trainers.batching import batching_key
-from trainers.config import ConfigError, TrainConfig, with_defaults
+from trainers.config import ConfigError, TrainConfig
 from trainers.loop import (
     Evaluation,
     Report,
     TrialResult,
     batch_indices,
-    extends_budget,
     pick_device,
+    resumed_history,
 )
 from trainers.metrics import TOP_FREQUENCIES, EventTracker
 from trainers.models import build_model
@@ -304,24 +304,22 @@ def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular:
             for row in values]
     for slot, m in enumerate(stack.members):
         if (due is None or due[slot]) and m.progress is not None and m.probe is not None:
-            with torch.no_grad():
-                for name, p in zip(stack.names, m.probe.parameters(), strict=True):
-                    p.copy_(stack.params[name][slot])
+            _copy_weights(stack, slot, m.probe)
             rows[slot].update(m.progress(m.probe, train_logits[slot].detach(), val_logits[slot].detach()))
     return rows
 
 
-def _sync_module(stack: _Stack, slot: int, m: _Member) -> None:
-    """Copy member `slot`'s stacked weights into its own single model (CPU)."""
+def _copy_weights(stack: _Stack, slot: int, module: torch.nn.Module) -> None:
+    """Copy member `slot`'s stacked weights into a single model of its shape (its CPU model, or its probe)."""
     with torch.no_grad():
-        for name, p in zip(stack.names, m.module.parameters(), strict=True):
+        for name, p in zip(stack.names, module.parameters(), strict=True):
             p.copy_(stack.params[name][slot].detach().to(p.device, p.dtype))
 
 
 def _member_state(stack: _Stack, slot: int, m: _Member, started: float) -> dict:
     """Member `slot`'s checkpoint, in trainers.run's format (its own model and optimiser state_dicts)."""
     params = list(m.module.parameters())
-    _sync_module(stack, slot, m)
+    _copy_weights(stack, slot, m.module)
     c = m.config
     for name, p in zip(stack.names, params, strict=True):
         st = stack.state[name]
@@ -349,11 +347,7 @@ def _load(m: _Member) -> None:
     if saved is None:
         return
     state = checkpoint.load(saved)
-    saved_config = with_defaults(state["config"])
-    extended = extends_budget(saved_config, m.config)  # as trainers.run: only a larger max_steps may differ
-    if saved_config != m.config.to_dict() and not extended:
-        raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config (only a larger "
-                          "max_steps may differ); use a new directory")
+    history = resumed_history(saved, state, m.config)  # as trainers.run: only a larger max_steps may differ
     m.module.load_state_dict(state["model"])
     m.optimizer.load_state_dict(state["optimizer"])
     if m.filter is not None and state.get("grad_filter"):
@@ -362,9 +356,7 @@ def _load(m: _Member) -> None:
     first = m.optimizer.state.get(next(iter(m.module.parameters())), {})
     m.adam_steps = int(first["step"]) if "step" in first else 0
     m.has_momentum = first.get("momentum_buffer") is not None
-    m.step, m.history, m.wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
-    if extended:  # the evaluation at the old budget's end is not one the longer run makes
-        m.history = [row for row in m.history if row["step"] % m.config.eval_every == 0]
+    m.step, m.history, m.wall_before = state["step"], history, float(state.get("wall_s", 0.0))
     m.tracker = EventTracker.replay(m.history, p=m.config.p)
 
 

@@ -76,6 +76,19 @@ def extends_budget(saved: dict[str, Any], config: TrainConfig) -> bool:
             and all(saved[k] == wanted[k] for k in wanted if k != "max_steps"))
 
 
+def resumed_history(saved: Path, state: dict[str, Any], config: TrainConfig) -> list[dict[str, Any]]:
+    """The evaluations a run resumed from checkpoint `state` (at `saved`) under `config` keeps; ConfigError
+    unless the checkpoint's config is `config`, or differs only by a smaller max_steps (`extends_budget`:
+    then the evaluation at the old budget's end, off the grid, goes -- the longer run never made it)."""
+    saved_config = with_defaults(state["config"])
+    if saved_config == config.to_dict():
+        return state["history"]
+    if not extends_budget(saved_config, config):
+        raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config (only a larger "
+                          "max_steps may differ); use a new directory")
+    return [row for row in state["history"] if row["step"] % config.eval_every == 0]
+
+
 def keep_freed_memory() -> None:
     """Let glibc reuse freed large blocks instead of returning them to the OS: every step allocates the
     same multi-MB activations, and fresh pages cost a page fault each (measured: gromov 16 -> 10 ms/step).
@@ -125,18 +138,12 @@ def _run(config: TrainConfig, report: Report | None, checkpoint_dir: str | Path 
     saved = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     if saved is not None:
         state = checkpoint.load(saved)
-        saved_config = with_defaults(state["config"])
-        extended = extends_budget(saved_config, config)
-        if saved_config != config.to_dict() and not extended:
-            raise ConfigError(f"checkpoint_dir: {saved} holds a checkpoint of another config (only a larger "
-                              "max_steps may differ); use a new directory")
+        kept = resumed_history(saved, state, config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if grad_filter is not None:
             grad_filter.load_state_dict(state["grad_filter"])
-        step, history, wall_before = state["step"], state["history"], float(state.get("wall_s", 0.0))
-        if extended:  # the evaluation at the old budget's end is not one the longer run makes
-            history = [row for row in history if row["step"] % config.eval_every == 0]
+        step, history, wall_before = state["step"], kept, float(state.get("wall_s", 0.0))
     tracker = EventTracker.replay(history, p=config.p)
 
     def finished() -> bool:
