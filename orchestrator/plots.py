@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from orchestrator.studies import PHASES, PhaseDiagram, Study
-from trainers.metrics import CENSORED, CIRCUIT_FRACTION, GENERALIZE_ACC, MEMORIZE_ACC
+from trainers.metrics import CENSORED, GENERALIZE_ACC, MEMORIZE_ACC, EventTracker
 
 DPI = 200
 PHASE_COLORS = {"comprehension": "#4c9f70", "grokking": "#e0a030", "memorization": "#c8553d", "confusion": "#7a7a7a"}
@@ -327,7 +327,7 @@ def inspect_plot(curve: pl.DataFrame, row: dict, path: str | Path) -> Path:
     curve = curve.sort("step")
     step = curve["step"].to_numpy()
     events = {"memorised": row.get("steps_to_memorize"), "generalised": row.get("steps_to_generalize"),
-              "circuit": circuit_step(curve, row.get("p"), row.get("steps_to_memorize"))}
+              "circuit": EventTracker.replay(curve.to_dicts(), p=row.get("p")).events["circuit_step"]}
     figure = Figure(figsize=(15, 8.5))
     (acc_ax, loss_ax, spec_ax), (circ_ax, order_ax, norm_ax) = figure.subplots(2, 3)
 
@@ -410,11 +410,3 @@ def _spectrum_panel(ax, curve: pl.DataFrame, memorized: int | None) -> None:
                 ax.annotate(str(frequency), (frequency + 0.5 * width, spectrum[frequency - 1]), ha="center",
                             va="bottom", fontsize=7)
     ax.legend(fontsize=7, title="hatched: key frequencies", title_fontsize=7)
-
-
-def circuit_step(curve: pl.DataFrame, p: int | None, memorized: int | None) -> int | None:
-    """The first evaluation at or after memorisation whose restricted loss is at most 0.1 ln p; None if never."""
-    if memorized is None or not p or "restricted_loss" not in curve.columns:
-        return None
-    hit = curve.filter((pl.col("step") >= memorized) & (pl.col("restricted_loss") <= CIRCUIT_FRACTION * np.log(p)))
-    return None if hit.is_empty() else int(hit["step"].min())
