@@ -123,25 +123,26 @@ def censored_rows(root: Any, name: str, where: str | None) -> pl.DataFrame:
 
 # --- the spec's `budget`: rounds until every configuration's median is known ---
 
-def configuration_of(trial_id: str) -> int:
-    """A job id's configuration index (`c0007-s2-...` -> 7): the group whose seeds are pooled."""
-    return int(trial_id.split("-", 1)[0][1:])
+def _rows_by_configuration(root: Any, name: str) -> pl.DataFrame:
+    """The sweep's rows with `configuration`, read off each job id (`c0007-s2-...` -> 7): the group whose
+    seeds are pooled."""
+    return store.collect(lambda: store.trials(root, [name]).with_columns(
+        pl.col("trial_id").str.extract(r"^c(\d+)-", 1).cast(pl.Int64).alias("configuration")))
 
 
-def group_budgets(root: Any, spec: SweepSpec) -> pl.DataFrame:
+def group_budgets(root: Any, spec: SweepSpec, table: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per configuration (seeds pooled): its values, jobs, how many grokked / are censored, its budget (the
     largest max_steps of its jobs), trial-steps spent, Kaplan-Meier median of steps_to_generalize (null when
-    not known), and its budget state: `median known`, `extend_to reached`, `extending` or `running`."""
+    not known), and its budget state: `median known`, `extend_to reached`, `extending` or `running`.
+    `table`: the rows from `_rows_by_configuration`, if already read."""
     from orchestrator.studies import km_median
 
-    table = store.collect(lambda: store.trials(root, [spec.name]))
+    table = _rows_by_configuration(root, spec.name) if table is None else table
     if table.is_empty():
         return pl.DataFrame()
     grid = points(spec)
     extend_to = spec.budget.extend_to if spec.budget is not None else None
     out = []
-    table = table.with_columns(pl.col("trial_id").map_elements(configuration_of, return_dtype=pl.Int64)
-                               .alias("configuration"))
     for (configuration,), group in table.sort("configuration").group_by("configuration", maintain_order=True):
         done = group.filter(pl.col("status").is_in(list(store.FINAL)))  # pruned jobs count, censored
         observed = (~done["censored"].fill_null(True)).to_numpy()
@@ -174,16 +175,13 @@ def due_rounds(root: Any, spec: SweepSpec) -> list[tuple[int, list[str]]]:
     every median is known or extend_to is reached -- or while jobs are still running."""
     if spec.budget is None:
         return []
-    groups = group_budgets(root, spec)
+    table = _rows_by_configuration(root, spec.name)
+    groups = group_budgets(root, spec, table)
     if groups.is_empty() or (groups["state"] == "running").any():
         return []
     extending = groups.filter(pl.col("state") == "extending")
     if extending.is_empty():
         return []
-    table = store.collect(lambda: store.trials(root, [spec.name]).select("trial_id", "status", "censored",
-                                                                         "max_steps"))
-    table = table.with_columns(pl.col("trial_id").map_elements(configuration_of, return_dtype=pl.Int64)
-                               .alias("configuration"))
     by_budget: dict[int, list[str]] = {}
     for configuration, budget in extending.select("configuration", "budget").iter_rows():
         target = min(2 * budget, spec.budget.extend_to)

@@ -619,17 +619,20 @@ def write_curve_rows(root: Root, sweep: str, trial_id: str, rows: list[dict[str,
         write_curve_frame(root, sweep, trial_id, _curve_frame(sweep, trial_id, rows))
 
 
-def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame) -> None:
+def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame) -> str | None:
     """`write_curve_rows` for a polars frame with a `step` column and any of METRICS (e.g. a whole
-    TrialResult.history at once); other columns are ignored, missing metrics are null."""
+    TrialResult.history at once); other columns are ignored, missing metrics are null. Returns the file
+    written (None for an empty frame)."""
     if frame.is_empty():
-        return
+        return None
     fs, base, _ = _fs(root)
     frame = frame.with_columns(sweep=pl.lit(sweep), trial_id=pl.lit(trial_id))
     frame = (frame.select(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
                           for name, dtype in CURVE_SCHEMA.items())
              .unique(subset="step", keep="last", maintain_order=True))
-    _write_parquet(fs, base, f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet", frame)
+    path = f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet"
+    _write_parquet(fs, base, path, frame)
+    return path
 
 
 def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
@@ -655,14 +658,9 @@ def replace_curve(root: Root, sweep: str, trial_id: str, rows: list[dict[str, An
     """Make `rows` the job's whole curve, dropping any other step stored in its folder. Only for an extended
     job (`uncompact` it first), whose old curve may hold an evaluation that the longer run does not make
     (at the old budget's end); its row is not final meanwhile, so a crash here is redone by `resume`."""
-    fs, base, prefix = _fs(root)
-    write_curve_rows(root, sweep, trial_id, rows)
-    compact_curves(root, sweep, trial_id)  # one file now: `rows`, and any stale step
-    steps = sorted({int(r["step"]) for r in rows})
-    for path in _parquet_files(fs, _curve_dir(base, sweep, trial_id)):
-        frame = _scan([path], CURVE_SCHEMA, prefix).collect()
-        if not frame["step"].is_in(steps).all():
-            _write_parquet(fs, base, path, frame.filter(pl.col("step").is_in(steps)))
+    fs, base, _ = _fs(root)
+    written = write_curve_frame(root, sweep, trial_id, _curve_frame(sweep, trial_id, rows))
+    _delete(fs, [f for f in _parquet_files(fs, _curve_dir(base, sweep, trial_id)) if f != written])
 
 
 def uncompact(root: Root, sweep: str, trial_ids: set[str]) -> int:
