@@ -72,8 +72,9 @@ def test_float32_members_match_their_runs_alone_within_float_tolerance():
 
 
 VARIANTS = {  # the transformer and everything else a member may carry, in float64, a few evaluations each
-    "transformer, LayerNorm, op token, warm-up": dict(model="transformer", d_model=32, heads=4, d_mlp=64, layers=2,
-                                                     layer_norm=True, op_token=True, warmup_steps=5),
+    "transformer, LayerNorm, op token, warm-up, full measures": dict(
+        model="transformer", d_model=32, heads=4, d_mlp=64, layers=2, layer_norm=True, op_token=True, warmup_steps=5,
+        progress_measures="full"),
     "transformer, adam (L2), Grokfast EMA, minibatches": dict(model="transformer", d_model=32, heads=4, d_mlp=64,
                                                               optimizer="adam", grokfast="ema", batch_size=32),
     "relu MLP, SGD with momentum, mse, minibatches": dict(width=64, activation="relu", optimizer="sgd",
@@ -179,3 +180,27 @@ def test_batched_members_extend_from_their_checkpoints_like_the_longer_run(tmp_p
     assert [r.events for r in extended] == [r.events for r in alone]
     assert max_curve_diff(alone, extended) < 1e-12
     assert all(105 not in [row["step"] for row in r.history] for r in extended)
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_device_operations_per_step_and_evaluation_do_not_grow_with_members(model):
+    """On a GPU a small job's time is kernel launches, so what a batched model buys is issuing the same
+    operations for K members as for one. Counted with torch's profiler on CPU: 20 more training steps and
+    one more evaluation (with the progress measures) issue as many operations at K = 8 as at K = 2. A loop
+    over members anywhere in them (the progress measures were one) makes the counts differ. Top-level
+    operations only (those our code and autograd issue): inside one, CPU kernels may branch on sizes."""
+    from torch.profiler import profile
+
+    shape = dict(model=model, d_model=32, heads=4, d_mlp=64) if model == "transformer" else dict(width=64)
+
+    def operations(k: int, steps: int) -> int:
+        configs = [preset("tiny", p=13, lr=lr, weight_decay=wd, seed=s, max_steps=steps, eval_every=20, threads=1,
+                          **shape) for s, (lr, wd) in enumerate([(1e-2, 1.0), (3e-3, 2.0)] * (k // 2))]
+        with profile() as prof:
+            results = run_batched(configs)
+        assert [r.steps_run for r in results] == [steps] * k  # nobody left early
+        return sum(event.cpu_parent is None for event in prof.events())
+
+    extra = {k: operations(k, 40) - operations(k, 20) for k in (2, 8)}
+    assert extra[2] > 100  # the profiler saw the steps
+    assert extra[8] == extra[2], extra

@@ -111,8 +111,8 @@ def test_measures_equal_a_by_hand_projection(op, model, p):
 
 
 def test_gini_and_key_frequency_rule_on_known_spectra():
-    assert gini(torch.ones(10)) == pytest.approx(0.0)
-    assert gini(torch.tensor([0.0, 0, 0, 4])) == pytest.approx(0.75)  # one of n holds all: (n - 1) / n
+    assert float(gini(torch.ones(1, 10))) == pytest.approx(0.0)
+    assert float(gini(torch.tensor([[0.0, 0, 0, 4]]))) == pytest.approx(0.75)  # one of n holds all: (n - 1) / n
     assert key_frequencies(torch.tensor([1.0, 8, 1, 0])) == [1, 2]  # 8 of 10 < 90 %, then the lower of a tie
     assert key_frequencies(torch.tensor([0.5, 9.5, 0, 0])) == [2]
 

@@ -2,9 +2,10 @@
 
 On a GPU one small grokking job leaves the card idle between kernel launches; K jobs that share a
 *batching key* (`batching_key`: the model's shape, the task and split sizes, the optimiser family, the loss,
-Grokfast, dtype, eval_every) train together instead. Every parameter is stacked along a leading member axis
-(`w_in`: (K, 2n, width)), the forward is the single model's with batched matrix products, and the optimiser
-step applies each member's own lr, betas, weight decay, momentum, warm-up and Grokfast constants. Everything
+Grokfast, dtype, eval_every, the progress-measure level) train together instead. Every parameter is stacked
+along a leading member axis (`w_in`: (K, 2n, width)), the forward is the single model's with batched matrix
+products, and the optimiser step applies each member's own lr, betas, weight decay, momentum, warm-up and
+Grokfast constants. Everything
 else stays per member and equals `trainers.run` on that member's config alone: its initialisation (built by
 `build_model` from its seed), its train/validation split and minibatch order (its seed), its evaluations,
 events, stopping, report callback and checkpoint directory. A member's checkpoint has the single run's
@@ -18,7 +19,6 @@ faster on CPU (benchmarks/batched_speed.py).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +42,7 @@ from trainers.loop import (
 from trainers.metrics import TOP_FREQUENCIES, EventTracker
 from trainers.models import build_model
 from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sample_loss
-from trainers.progress import ProgressMeter
+from trainers.progress import StackedProgress
 from trainers.tasks import MODULAR, make_dataset
 
 EPS = 1e-8  # torch.optim.Adam's default, as make_optimizer uses it
@@ -67,8 +67,8 @@ def _layer_norm(x: torch.Tensor, P: dict[str, torch.Tensor], name: str) -> torch
     return y * _each(P[f"{name}.weight"], x.ndim) + _each(P[f"{name}.bias"], x.ndim)
 
 
-def _block(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last_only: bool) -> torch.Tensor:
-    """models.Block.forward over (K, B, T, d): (K, B, T, d), or (K, B, d) for the last position."""
+def _attend(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last_only: bool) -> torch.Tensor:
+    """models.Block.attend over (K, B, T, d): the residual stream after attention, (K, B, T, d) or (K, B, d)."""
     K, B, T, d = x.shape
     H, dh, pre = heads, d // heads, f"blocks.{i}."
     w_qkv = P[pre + "w_qkv"]
@@ -85,9 +85,20 @@ def _block(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().view(1, 1, T, T, 1)
         weights = scores.masked_fill(~causal, float("-inf")).softmax(3)
         z = (weights.unsqueeze(-1) * v.unsqueeze(2)).sum(3).reshape(K, B, T, d)
-    x = x + _mm(z, P[pre + "w_o"])
-    hidden = torch.relu(_mm(_layer_norm(x, P, pre + "ln_mlp"), P[pre + "w_in"]) + _each(P[pre + "b_in"], x.ndim))
-    return x + _mm(hidden, P[pre + "w_out"]) + _each(P[pre + "b_out"], x.ndim)
+    return x + _mm(z, P[pre + "w_o"])
+
+
+def _hidden(P: dict[str, torch.Tensor], i: int, x: torch.Tensor) -> torch.Tensor:
+    """models.Block.hidden: block i's MLP neuron activations, (K, ..., d_mlp)."""
+    pre = f"blocks.{i}."
+    return torch.relu(_mm(_layer_norm(x, P, pre + "ln_mlp"), P[pre + "w_in"]) + _each(P[pre + "b_in"], x.ndim))
+
+
+def _block(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last_only: bool) -> torch.Tensor:
+    """models.Block.forward over (K, B, T, d): (K, B, T, d), or (K, B, d) for the last position."""
+    x = _attend(P, i, x, heads, last_only)
+    pre = f"blocks.{i}."
+    return x + _mm(_hidden(P, i, x), P[pre + "w_out"]) + _each(P[pre + "b_out"], x.ndim)
 
 
 def forward(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -100,12 +111,26 @@ def forward(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) ->
         h = h.view(K, x.shape[1], -1)  # (K, B, width)
         a = h * h if config.activation == "quadratic" else torch.relu(h)
         return torch.bmm(a, P["w_out"].transpose(1, 2))  # (K, B, n)
-    embed = P["embed"]  # (K, V, d)
-    offsets = (torch.arange(K, device=x.device) * embed.shape[1]).view(K, 1, 1)
-    h = F.embedding(x + offsets, embed.reshape(-1, embed.shape[2])) + P["pos"].unsqueeze(1)  # (K, B, T, d)
+    h = _embed(P, x)
     for i in range(config.layers):
         h = _block(P, i, h, config.heads, last_only=i == config.layers - 1)
     return _mm(_layer_norm(h, P, "ln_final"), P["unembed"])  # (K, B, n)
+
+
+def _embed(P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The transformer's token + position embedding of every member's tokens x: (K, B, T) -> (K, B, T, d)."""
+    K, embed = x.shape[0], P["embed"]  # (K, V, d)
+    offsets = (torch.arange(K, device=x.device) * embed.shape[1]).view(K, 1, 1)
+    return F.embedding(x + offsets, embed.reshape(-1, embed.shape[2])) + P["pos"].unsqueeze(1)
+
+
+def neurons(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """models.Transformer.neurons per member: the last block's MLP activations at the answer position of
+    tokens x (K, B, T), (K, B, d_mlp)."""
+    h = _embed(P, x)
+    for i in range(config.layers - 1):
+        h = _block(P, i, h, config.heads, last_only=False)
+    return _hidden(P, config.layers - 1, _attend(P, config.layers - 1, h, config.heads, last_only=True))
 
 
 def embedding(config: TrainConfig, P: dict[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -135,8 +160,6 @@ class _Member:
     has_momentum: bool = False  # SGD's buffer exists
     has_ema: bool = False  # Grokfast's filter has seen a gradient
     filter: GradientFilter | None = None  # Grokfast's filter as trainers.run keeps it: the checkpoint format
-    progress: ProgressMeter | None = None  # its progress measures, read from `probe`
-    probe: torch.nn.Module | None = None  # a copy of its model on the device, refreshed from the stack to measure
 
     def finished(self) -> bool:
         c = self.config
@@ -147,18 +170,25 @@ class _Member:
             return False
         return self.step % self.config.eval_every == 0 or self.step == self.config.max_steps
 
+    def steps_to_next_evaluation(self) -> int:
+        """From a step at which it trains on (not finished): how many steps until evaluation_due()."""
+        return min(self.config.eval_every - self.step % self.config.eval_every, self.config.max_steps - self.step)
+
 
 class _Stack:
     """The active members' parameters, optimiser state and data, stacked along dim 0 in `members` order."""
 
     def __init__(self, members: list[_Member], names: list[str], device: torch.device, dtype: torch.dtype,
-                 data: dict[str, torch.Tensor]):
+                 data: dict[str, torch.Tensor], progress: StackedProgress, inputs: torch.Tensor):
         self.members, self.names, self.device, self.dtype = members, names, device, dtype
         self.data = data  # train_x, train_y, val_x, val_y: (K, N, ...)
+        self.progress = progress  # the progress measures of all members at once (their batching key fixes the level)
+        self.inputs = inputs  # every input of the task, (N, ...): the same for every member (the neurons' grid)
         self.params: dict[str, torch.Tensor] = {}
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.active = torch.ones(len(members), dtype=torch.bool)  # False: masked out (ended="mask")
         self._cache: dict[str, tuple[tuple, dict[str, torch.Tensor]]] = {}  # see cached()
+        self._lrs: list[float] | None = None  # see learning_rates()
         self.adam_steps = self._steps()
         kind = members[0].config
         for j, name in enumerate(names):
@@ -191,7 +221,17 @@ class _Stack:
         self.state = {n: {k: t.index_select(0, index) for k, t in s.items()} for n, s in self.state.items()}
         self.data = {k: t.index_select(0, index) for k, t in self.data.items()}
         self._cache.clear()
+        self._lrs = None
         self.adam_steps = self._steps()
+
+    def learning_rates(self) -> list[float]:
+        """Each member's lr at its step; computed once more per step only while some member warms up."""
+        if self._lrs is not None:
+            return self._lrs
+        lrs = [learning_rate(m.config, m.step) for m in self.members]
+        if all(m.step + 1 >= m.config.warmup_steps for m in self.members):  # constant from here on
+            self._lrs = lrs
+        return lrs
 
     def _steps(self) -> torch.Tensor:
         """Each member's Adam step count so far, (K,) float64 on the device (the bias corrections)."""
@@ -277,8 +317,8 @@ def _optimizer_step(stack: _Stack, lrs: list[float]) -> None:
 @torch.no_grad()
 def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular: bool,
               due: list[bool] | None = None) -> list[dict[str, float]]:
-    """trainers.metrics.evaluate for every member at once (one device sync); the progress measures of the
-    `due` members from their own CPU copies of the weights (trainers.progress reads one model at a time)."""
+    """trainers.metrics.evaluate for every member at once (one device sync), and the progress measures of the
+    `due` members at once (one more)."""
     c0, data = stack.members[0].config, stack.data
     K = len(stack.members)
     train_logits = forward(c0, stack.params, data["train_x"]) if train_logits is None else train_logits.detach()
@@ -302,15 +342,21 @@ def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular:
     names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse", "fourier_sparsity")
     rows = [{**dict(zip(names, row, strict=False)), **({} if modular else {"fourier_sparsity": float("nan")})}
             for row in values]
-    for slot, m in enumerate(stack.members):
-        if (due is None or due[slot]) and m.progress is not None and m.probe is not None:
-            _copy_weights(stack, slot, m.probe)
-            rows[slot].update(m.progress(m.probe, train_logits[slot].detach(), val_logits[slot].detach()))
+    if c0.progress_measures != "none":
+        slots = [s for s in range(K) if due is None or due[s]]
+        index = torch.tensor(slots, device=stack.device)
+        P = {name: p.detach().index_select(0, index) for name, p in stack.params.items()}
+        inputs = stack.inputs.expand(len(slots), *stack.inputs.shape)
+        measured = stack.progress(P, embedding(c0, P, n), (train_logits[index], data["train_y"][index]),
+                                  (val_logits[index], data["val_y"][index]),
+                                  neurons(c0, P, inputs) if stack.progress.wants_neurons() else None)
+        for slot, values in zip(slots, measured, strict=True):
+            rows[slot].update(values)
     return rows
 
 
 def _copy_weights(stack: _Stack, slot: int, module: torch.nn.Module) -> None:
-    """Copy member `slot`'s stacked weights into a single model of its shape (its CPU model, or its probe)."""
+    """Copy member `slot`'s stacked weights into its own single model (its checkpoint's format)."""
     with torch.no_grad():
         for name, p in zip(stack.names, module.parameters(), strict=True):
             p.copy_(stack.params[name][slot].detach().to(p.device, p.dtype))
@@ -401,11 +447,6 @@ def _run_batched(configs: list[TrainConfig], reports: list[Report | None], dirs:
             config.grokfast, config.grokfast_alpha, config.grokfast_lambda, config.grokfast_window)
         m.tracker = EventTracker(p=config.p)
         inputs = module.inputs(data.a, data.b)
-        if config.progress_measures != "none":  # measured on the device, like a job alone
-            m.probe = copy.deepcopy(module).to(device)
-            m.progress = ProgressMeter(config.progress_measures, config.op, data.n_symbols, config.loss,
-                                       config.model, data.labels.to(device), data.train_idx.to(device),
-                                       data.val_idx.to(device), inputs.to(device), dtype)
         _load(m)
         m.last_save = time.monotonic()
         members.append(m)
@@ -415,7 +456,9 @@ def _run_batched(configs: list[TrainConfig], reports: list[Report | None], dirs:
         data_rows["val_y"].append(data.labels[data.val_idx])
     n, modular = data.n_symbols, c0.op in MODULAR
     names = [name for name, _ in members[0].module.named_parameters()]
-    stack = _Stack(members, names, device, dtype, {k: torch.stack(v).to(device) for k, v in data_rows.items()})
+    progress = StackedProgress(c0.progress_measures, c0.op, n, c0.loss, c0.model, dtype, device)
+    stack = _Stack(members, names, device, dtype, {k: torch.stack(v).to(device) for k, v in data_rows.items()},
+                   progress, inputs.to(device))
     n_train = stack.data["train_y"].shape[1]
     full_batch = c0.batch_size is None or c0.batch_size >= n_train
     results: list[TrialResult | None] = [None] * len(members)
@@ -430,7 +473,12 @@ def _run_batched(configs: list[TrainConfig], reports: list[Report | None], dirs:
         if on_end is not None:
             on_end(m.index, result)
 
+    quiet = 0  # steps in which no member is due: train on without looking at each member
     while stack.members:
+        if quiet:
+            quiet -= 1
+            _train_step(stack, None, full_batch, n_train)
+            continue
         live = stack.active.tolist()
         due = [on and m.evaluation_due() for m, on in zip(stack.members, live, strict=True)]
         leaving: list[int] = []
@@ -469,6 +517,8 @@ def _run_batched(configs: list[TrainConfig], reports: list[Report | None], dirs:
                 stack.active[leaving] = False
             if not stack.active.any():
                 break
+        quiet = min(m.steps_to_next_evaluation() for m, on in zip(stack.members, stack.active.tolist(), strict=True)
+                    if on) - 1
         _train_step(stack, logits, full_batch, n_train)
     return [r for r in results if r is not None]
 
@@ -491,6 +541,6 @@ def _train_step(stack: _Stack, logits: torch.Tensor | None, full_batch: bool, n_
         p.grad = None
     loss.backward()
     live = stack.active.tolist()
-    _optimizer_step(stack, [learning_rate(m.config, m.step) for m in members])
+    _optimizer_step(stack, stack.learning_rates())
     for m, on in zip(members, live, strict=True):
         m.step += on

@@ -8,7 +8,8 @@ from trainers.config import TrainConfig
 # Fields that must be equal for jobs to share a batched model; every other field may differ per member.
 BATCH_KEY_FIELDS: tuple[str, ...] = (
     "op", "p", "train_fraction", "model", "width", "activation", "layers", "d_model", "heads", "d_mlp",
-    "layer_norm", "op_token", "optimizer", "loss", "grokfast", "batch_size", "dtype", "eval_every", "threads")
+    "layer_norm", "op_token", "optimizer", "loss", "grokfast", "batch_size", "dtype", "eval_every", "threads",
+    "progress_measures")
 
 
 def batching_key(config: TrainConfig) -> tuple | None:
