@@ -7,9 +7,10 @@ update) differ. Timed on whatever device `trainers.run` picks (CUDA when present
 
     .venv/bin/python benchmarks/batched_speed.py                       # tiny, K = 1, 8, 32 (CPU: ~1 minute)
     .venv/bin/python benchmarks/batched_speed.py --preset gromov --members 1,8,32,64
-    python3 benchmarks/batched_speed.py --preset gromov --members 1,8,32,64 --separate   # on a GPU: the issue's
-        comparison, end to end over 4K jobs per K: K-member batched models vs K separate processes sharing the
-        device at once (as K Tune trials at {gpu: 1/K} would), each training its share of the same jobs
+    python3 benchmarks/batched_speed.py --preset gromov --members 64,8,1 --max-steps 1000 --separate
+        # on a GPU (torch only): the issue's comparison, end to end over 4K jobs per K: K-member batched models
+        # vs K separate processes sharing the device at once (as K Tune trials at {gpu: 1/K} would), each
+        # training its share of the same jobs; K = 64, the target, first
 """
 
 from __future__ import annotations

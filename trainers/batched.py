@@ -344,11 +344,14 @@ def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular:
             for row in values]
     if c0.progress_measures != "none":
         slots = [s for s in range(K) if due is None or due[s]]
-        index = torch.tensor(slots, device=stack.device)
-        P = {name: p.detach().index_select(0, index) for name, p in stack.params.items()}
+
+        def due_only(t: torch.Tensor) -> torch.Tensor:  # usually every member is due: no copy then
+            return t.detach() if len(slots) == K else t.detach()[slots]
+
+        P = {name: due_only(p) for name, p in stack.params.items()}
         inputs = stack.inputs.expand(len(slots), *stack.inputs.shape)
-        measured = stack.progress(P, embedding(c0, P, n), (train_logits[index], data["train_y"][index]),
-                                  (val_logits[index], data["val_y"][index]),
+        measured = stack.progress(P, embedding(c0, P, n), (due_only(train_logits), due_only(data["train_y"])),
+                                  (due_only(val_logits), due_only(data["val_y"])),
                                   neurons(c0, P, inputs) if stack.progress.wants_neurons() else None)
         for slot, values in zip(slots, measured, strict=True):
             rows[slot].update(values)
