@@ -20,6 +20,9 @@ the first and the last block of 200 by end time (target: last within 1.2x of fir
 splits into training, the rest of each job (store writes, IPC) and the gaps between jobs; driver peak RSS
 (target <= 1 GB at 10,000); files and bytes left.
 
+--random adds a random sweep of 2,000 jobs over the grid's ranges (log-uniform, 200 configurations x 10
+seeds), timed the same way against the pool over its jobs.
+
 --optuna adds an Optuna (TPE) sweep of 200 configurations x 10 seeds = 2,000 jobs over the same ranges
 (log-uniform), timed the same way against a pool over the configurations it chose, and the sampler's own
 cost measured in this process: ask + tell on a TPE study with the same space and a journal file, as the
@@ -124,10 +127,21 @@ def grid_spec(name: str, jobs: int, pack: int | None) -> dict[str, Any]:
     return raw
 
 
-def optuna_spec(name: str) -> dict[str, Any]:
-    def log_uniform(values: list[float]) -> dict[str, Any]:
-        return {"distribution": "log_uniform_values", "min": min(values), "max": max(values)}
+def log_uniform(values: list[float]) -> dict[str, Any]:
+    return {"distribution": "log_uniform_values", "min": min(values), "max": max(values)}
 
+
+def random_spec(name: str, jobs: int) -> dict[str, Any]:
+    """The grid's ranges drawn at random (log-uniform): jobs / 10 configurations x 10 seeds."""
+    return {
+        "name": name, "base": BASE, "method": "random", "num_samples": jobs // OPTUNA_SEEDS, "search_seed": 0,
+        "metric": {"name": "steps_to_generalize", "goal": "minimize"},
+        "parameters": {"weight_decay": log_uniform(WEIGHT_DECAYS), "lr": log_uniform(LEARNING_RATES)},
+        "seeds": list(range(OPTUNA_SEEDS)), "max_concurrent": CONCURRENCY, "resources": {"cpu": 1},
+    }
+
+
+def optuna_spec(name: str) -> dict[str, Any]:
     return {
         "name": name, "base": BASE, "method": "optuna", "sampler": "tpe", "num_samples": OPTUNA_SAMPLES,
         "search_seed": 0, "metric": {"name": "steps_to_generalize", "goal": "minimize"},
@@ -318,20 +332,20 @@ def report(label: str, n_jobs: int, sweep: SweepRun, pool: list[tuple[float, flo
 
 # --- the sizes ---
 
-def grid_size(n_jobs: int, pack: int | None, base_root: str, repo: Path) -> float:
+def grid_size(n_jobs: int, pack: int | None, base_root: str, repo: Path, method: str = "grid") -> float:
     name = f"scale-{n_jobs}"
-    raw = grid_spec(name, n_jobs, pack)
+    raw = grid_spec(name, n_jobs, pack) if method == "grid" else random_spec(name, n_jobs)
     spec: SweepSpec = parse_spec(raw)
     jobs = expected_jobs(spec)
     configs = [train_config(spec, job) for job in jobs]
     size = pack_size(spec, len(jobs))
-    root = os.path.join(base_root, f"grid-{n_jobs}")
+    root = os.path.join(base_root, f"{method}-{n_jobs}")
     shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{n_jobs} jobs: groksweep sweep, then the pool (CPU lock held for both) ...", flush=True)
+    print(f"\n{n_jobs} jobs ({method}): groksweep sweep, then the pool (CPU lock held for both) ...", flush=True)
     with cpu_lock():
         sweep = run_groksweep(raw, root, f"{root}.log", repo)
         pool, pool_cpu = run_pool(configs)
-    return report(f"grid, {n_jobs} jobs", n_jobs, sweep, pool, pool_cpu, root, len(pack_sizes(spec, n_jobs)), size,
+    return report(f"{method}, {n_jobs} jobs", n_jobs, sweep, pool, pool_cpu, root, len(pack_sizes(spec, n_jobs)), size,
                   target_ratio=n_jobs >= 2000)
 
 
@@ -451,6 +465,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="400,2000", help="grid sizes in jobs, comma-separated (multiples of 50); "
                         "'none' for none")
     parser.add_argument("--full", action="store_true", help="add 10,000 jobs")
+    parser.add_argument("--random", action="store_true", help="add a random sweep of 2,000 jobs (200 log-uniform "
+                        "configurations x 10 seeds) against the pool")
     parser.add_argument("--optuna", action="store_true", help="add the Optuna sweep (2,000 jobs) and the sampler cost")
     parser.add_argument("--pack", type=int, default=None, help="the spec key `pack` (jobs per Tune trial) for the "
                         "grid sweeps; default: groksweep's rule")
@@ -467,11 +483,13 @@ def main() -> None:
     base_root = args.results or tempfile.mkdtemp(prefix="gsscale")
     os.makedirs(base_root, exist_ok=True)
     print(f"scale: results under {base_root}; {os.cpu_count()} CPUs; groksweep from {args.repo}")
-    if sizes or args.optuna:
+    if sizes or args.optuna or args.random:
         print(f"  grid/optuna: tiny preset, {BASE['max_steps']} steps (eval every {BASE['eval_every']}), 1 thread "
               f"per job, {CONCURRENCY} at a time")
     try:
-        ratios = {n: grid_size(n, args.pack, base_root, args.repo.resolve()) for n in sizes}
+        ratios: dict[Any, float] = {n: grid_size(n, args.pack, base_root, args.repo.resolve()) for n in sizes}
+        if args.random:
+            ratios["random"] = grid_size(2000, args.pack, base_root, args.repo.resolve(), method="random")
         if args.optuna:
             ratios["optuna"] = optuna_size(base_root, args.repo.resolve())
             sampler_cost(base_root)

@@ -18,13 +18,21 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import store, trainer_process
 from orchestrator.jobs import Job, train_config
 from orchestrator.spec import SweepSpec
-from orchestrator.trainable import _finish, _has_local_checkpoint, _log_batch, _Pack, _stop_requested
+from orchestrator.trainable import (
+    JobRun,
+    _finish,
+    _has_local_checkpoint,
+    _Pack,
+    _stop_requested,
+    common_fields,
+    on_batch,
+)
 from orchestrator.trainer_process import Batch, BatchedJob, Finished, Member, Started, TrainerFailed
 from orchestrator.trainer_process import Job as TrainerJob
 from trainers.batching import batching_key
@@ -65,18 +73,9 @@ def run_jobs(pack: _Pack, jobs: list[Job]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class _Member:
-    """One member's side of the per-job bookkeeping of trainable._run_job."""
+class _Member(JobRun):
+    """A member's JobRun (trainable's per-job bookkeeping), and its final row once it has ended."""
 
-    job: Job
-    config: Any
-    checkpoint_dir: str
-    log: store.JobLog | None  # None once closed
-    started: float = field(default_factory=time.time)
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    shown_running: bool = False
-    parts_written: bool = False
-    resumed_from: int | None = None
     row: dict[str, Any] | None = None
 
 
@@ -90,7 +89,8 @@ def _run_group(pack: _Pack, jobs: list[Job]) -> dict[str, dict[str, Any]]:
             store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
         else:
             checkpoint_dir = store.checkpoint_path(root, spec.name, job.job_id)
-        members.append(_Member(job, train_config(spec, job), checkpoint_dir, store.JobLog(root, spec.name, job.job_id)))
+        members.append(_Member(job, train_config(spec, job), checkpoint_dir, store.JobLog(root, spec.name, job.job_id),
+                               common_fields(pack, job, batched=True)))
     trainer = trainer_process.shared()
     attempt, finished_ok = 0, False
     try:
@@ -146,29 +146,9 @@ def _run_group(pack: _Pack, jobs: list[Job]) -> dict[str, dict[str, Any]]:
 
 
 def _on_member(pack: _Pack, m: _Member, message: Batch | Finished, trainer: trainer_process.TrainerProcess) -> None:
-    """trainable._run_job's handling of one Batch or the Finished, for member `m`."""
-    spec, root, log = pack.spec, pack.root, m.log
-    assert log is not None
-    common = {"optuna_trial": m.job.optuna_trial, "pack_size": pack.size, "batched": True}
+    """trainable's handling of one Batch or the Finished, for member `m`."""
     if isinstance(message, Finished):
-        m.row = _finish(pack, m.job, m.config, message, m.started, common, log,
-                        compact=m.parts_written or m.resumed_from is not None)
+        m.row = _finish(pack, m, message)
         pack._ended(m.job, m.row)
-        return
-    if _stop_requested():
-        raise SystemExit(0)  # as Tune would at the next report; `finally` ends the trainer
-    if not m.shown_running and not message.done:
-        store.write_trial_row(root, store.trial_row(spec.name, m.job.job_id, m.config, store.RUNNING,
-                                                    started_at=m.started, **common), known_not_final=True)
-        m.shown_running = True
-    _log_batch(log, message)
-    m.pending.extend(message.rows)
-    if message.checkpoint is not None:
-        if store.ResultsRoot.of(root).remote:
-            store.upload_checkpoint(root, spec.name, m.job.job_id, m.checkpoint_dir)
-        if not message.done:  # at the end the whole curve is written at once, by _finish
-            store.write_curve_rows(root, spec.name, m.job.job_id, m.pending)
-            m.parts_written = True
-        m.pending.clear()
-        trainer.release()
-    pack.progress(m.job, message.step, message.metrics)
+    else:
+        on_batch(pack, m, message, trainer)

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,34 +136,79 @@ def _has_local_checkpoint(directory: str) -> int | None:
     return max(steps, default=None)
 
 
+@dataclass
+class JobRun:
+    """One job's bookkeeping while it trains, alone or as a batched model's member: its trainer's batches
+    become its log lines, its `running` row, its curve parts at checkpoints and the driver's live view."""
+
+    job: Job
+    config: Any
+    checkpoint_dir: str
+    log: store.JobLog | None  # None once closed
+    common: dict[str, Any]  # the row fields every row of this job carries (pack, batching, provenance)
+    started: float = field(default_factory=time.time)
+    pending: list[dict[str, Any]] = field(default_factory=list)  # evaluations since the last checkpoint
+    shown_running: bool = False  # the `running` row is written at the job's first batch: a job shorter than
+    #                              report_every_s goes straight to its final row (one row write, not two)
+    parts_written: bool = False  # curve parts stored at checkpoints (the final curve is merged with them)
+    resumed_from: int | None = None  # the step of the checkpoint this attempt resumed from
+
+
+def common_fields(pack: _Pack, job: Job, batched: bool) -> dict[str, Any]:
+    return {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": batched,
+            "spec_hash": pack.spec.spec_hash}
+
+
+def on_batch(pack: _Pack, run: JobRun, message: Batch, trainer: trainer_process.TrainerProcess) -> None:
+    """One Batch of the job's evaluations: log it, show the job running, store its curve up to a
+    checkpoint (then let the trainer go on), and tell the driver's live view."""
+    spec, root, log = pack.spec, pack.root, run.log
+    assert log is not None
+    if _stop_requested():
+        raise SystemExit(0)  # as Tune would at the next report; the caller's `finally` ends the trainer
+    if not run.shown_running and not message.done:
+        store.write_trial_row(root, store.trial_row(spec.name, run.job.job_id, run.config, store.RUNNING,
+                                                    started_at=run.started, **run.common), known_not_final=True)
+        run.shown_running = True
+    _log_batch(log, message)
+    run.pending.extend(message.rows)
+    if message.checkpoint is not None:
+        if store.ResultsRoot.of(root).remote:
+            store.upload_checkpoint(root, spec.name, run.job.job_id, run.checkpoint_dir)
+        if not message.done:  # at the end the whole curve is written at once, by _finish
+            store.write_curve_rows(root, spec.name, run.job.job_id, run.pending)  # durable up to here
+            run.parts_written = True
+        run.pending.clear()
+        trainer.release()
+    pack.progress(run.job, message.step, message.metrics)
+
+
 def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one job (or, with `job.max_steps`, continue it to its extended budget: `stored` is its row)."""
     spec, root = pack.spec, pack.root
     where = store.ResultsRoot.of(root)
     config = train_config(spec, job)
-    started = time.time()
-    common = {"optuna_trial": job.optuna_trial, "pack_size": pack.size, "batched": False,
-              "spec_hash": pack.spec.spec_hash}
+    common = common_fields(pack, job, batched=False)
     extending = job.max_steps is not None and stored is not None
-    shown_running = False  # the `running` row is written at the job's first batch: a job shorter than
-    #                        report_every_s goes straight to its final row (one row write instead of two)
-    if extending:  # its final row gives way to a running one first: a crash from here on leaves it owed
+    if extending:
         common.update(extension_fields(stored, job.max_steps))
-        store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING,
-                                                    started_at=started, **common), known_not_final=True)
-        shown_running = True
     if where.remote:  # the trainer writes locally; each checkpoint is uploaded before it goes on
         checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
         store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
     else:
         checkpoint_dir = store.checkpoint_path(root, spec.name, job.job_id)
-    log = store.JobLog(root, spec.name, job.job_id)
+    run = JobRun(job, config, checkpoint_dir, store.JobLog(root, spec.name, job.job_id), common)
+    if extending:  # its final row gives way to a running one first: a crash from here on leaves it owed
+        store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING,
+                                                    started_at=run.started, **common), known_not_final=True)
+        run.shown_running = True
+    log = run.log
+    assert log is not None
     trainer = trainer_process.shared()
-    pending: list[dict[str, Any]] = []
-    attempt, finished_ok, parts_written = 0, False, False
+    attempt, finished_ok = 0, False
     try:
         while True:
-            resumed_from = _has_local_checkpoint(checkpoint_dir)
+            run.resumed_from = _has_local_checkpoint(checkpoint_dir)
             try:
                 trainer_job = TrainerJob(config=config.to_dict(), checkpoint_dir=checkpoint_dir,
                                          checkpoint_every=spec.checkpoint_every,
@@ -171,43 +217,25 @@ def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dic
                                          prune_not_memorized_by=spec.prune_not_memorized_by)
                 for message in trainer.run(trainer_job):
                     if isinstance(message, Started):
-                        how = "started" if resumed_from is None else f"resumed from step {resumed_from}"
+                        how = "started" if run.resumed_from is None else f"resumed from step {run.resumed_from}"
                         log.write(f"# job {job.job_id} on {message.device}, {how} {time.ctime()} "
                                   f"(attempt {attempt + 1}, trainer pid {trainer.process.pid})\n"
                                   f"# config {json.dumps(trainer_job.config)}\n")
                     elif isinstance(message, Batch):
-                        if _stop_requested():
-                            raise SystemExit(0)  # as Tune would at the next report; `finally` ends the trainer
-                        if not shown_running and not message.done:
-                            store.write_trial_row(root, store.trial_row(
-                                spec.name, job.job_id, config, store.RUNNING, started_at=started, **common),
-                                known_not_final=True)
-                            shown_running = True
-                        _log_batch(log, message)
-                        pending.extend(message.rows)
-                        if message.checkpoint is not None:
-                            if where.remote:
-                                store.upload_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
-                            if not message.done:  # at the end the whole curve is written at once, just below
-                                store.write_curve_rows(root, spec.name, job.job_id, pending)  # durable up to here
-                                parts_written = True
-                            pending.clear()
-                            trainer.release()
-                        pack.progress(job, message.step, message.metrics)
+                        on_batch(pack, run, message, trainer)
                     elif isinstance(message, Finished):
-                        row = _finish(pack, job, config, message, started, common, log,
-                                      compact=parts_written or resumed_from is not None, replace=extending)
+                        row = _finish(pack, run, message, replace=extending)
                 finished_ok = True
                 return row
             except TrainerFailed as error:
                 trainer_process.discard_shared()
                 trainer = trainer_process.shared()
-                pending.clear()
+                run.pending.clear()
                 attempt += 1
                 log.write(f"# attempt {attempt} failed:\n{store.strip_ansi(str(error))}\n")
                 if attempt > spec.max_failures:
                     finished_ok = True
-                    return _failed(pack, job, config, str(error), started, common, log)
+                    return _failed(pack, job, config, str(error), run.started, common, log)
     finally:
         if not finished_ok:  # stopped by Tune mid-job: the trainer's state is unknown
             trainer_process.discard_shared()
@@ -216,11 +244,12 @@ def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dic
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: float, common: dict[str, Any],
-            log: store.JobLog, compact: bool, replace: bool = False) -> dict[str, Any]:
+def _finish(pack: _Pack, run: JobRun, finished: Finished, replace: bool = False) -> dict[str, Any]:
     """The whole curve as one file (merged with the parts stored at earlier checkpoints, if any; `replace`:
     an extended job's, instead of every step stored before), then the row derived from it."""
-    spec, root = pack.spec, pack.root
+    spec, root, job, config, log = pack.spec, pack.root, run.job, run.config, run.log
+    assert log is not None
+    compact = run.parts_written or run.resumed_from is not None
     if replace:
         store.replace_curve(root, spec.name, job.job_id, finished.history)
     else:
@@ -229,8 +258,8 @@ def _finish(pack: _Pack, job: Job, config: Any, finished: Finished, started: flo
             store.compact_curves(root, spec.name, job.job_id)
     fields = row_fields(outcome_from_curve(finished.history, p=config.p))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
-                          wall_s=finished.wall_s, device=finished.device, started_at=started, ended_at=time.time(),
-                          **fields, **common)
+                          wall_s=finished.wall_s, device=finished.device, started_at=run.started,
+                          ended_at=time.time(), **fields, **run.common)
     store.write_trial_row(root, row, known_not_final=True)  # checked not final when the job started
     keep = spec.keep_checkpoints == "all" or (spec.keep_checkpoints == "censored" and row["censored"])
     if not keep:

@@ -141,6 +141,8 @@ def test_live_report_refreshed_by_a_niced_process_until_the_lease_ends(tmp_path)
         assert page.exists(), (page.parent / "report.log").read_text()
         nice = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
         assert nice == 19 and process.poll() is None  # still refreshing while the lease is held
+        if Path("/proc/self/autogroup").exists():  # its own session is its own scheduling group: niced too
+            assert Path(f"/proc/{process.pid}/autogroup").read_text().split()[-1] == "19"
         first = page.stat().st_mtime_ns
     assert process.wait(timeout=60) == 0  # the lease ended: one last page, then it exits
     assert page.stat().st_mtime_ns > first and "<section id='curves'>" in page.read_text()
