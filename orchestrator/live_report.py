@@ -1,6 +1,7 @@
 """The report page kept fresh during a sweep: `<root>/sweeps/<name>/report.html`, rewritten every
 GROKSWEEP_REPORT_EVERY_S seconds (default 180; 0: off) by a separate process at the lowest CPU priority
-(nice 19, its autogroup too: `lowest_priority`), never by the driver, so the page costs the sweep nothing it would notice.
+(nice 19, its autogroup too: `lowest_priority`), never by the driver, so the page costs the sweep nothing
+it would notice.
 
 The driver only starts it (`start`). The process watches the sweep's lease: once the process that started
 it no longer holds the lease (the run ended, was interrupted, or was killed), it writes the page one last

@@ -58,28 +58,39 @@ def unfinished_proposals(study) -> list[tuple[int, dict[str, Any]]]:
             if t.state == optuna.trial.TrialState.RUNNING]
 
 
-def report_learning_curve(study: Any, number: int, root: str, sweep: str, trial_ids: list[str]) -> int:
-    """Give Optuna trial `number` its intermediate values, so that optuna-dashboard draws its learning
-    curve: at each evaluated step, the mean validation accuracy over its seed jobs that reached that step
-    (read from their curves in the store). Single-objective studies only (Optuna keeps none for several
-    objectives); call before the trial is told. Returns the steps reported."""
-    import optuna
-    import polars as pl
+def mean_curve(curves: list[list[tuple[int, float | None]]]) -> list[tuple[int, float]]:
+    """(step, val_acc) curves of a proposal's seed jobs -> at each step, the mean over the jobs that reached it."""
+    values: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, value in curve:
+            if value is not None:
+                values.setdefault(int(step), []).append(float(value))
+    return [(step, sum(v) / len(v)) for step, v in sorted(values.items())]
 
+
+def stored_curve(root: str, sweep: str, trial_ids: list[str]) -> list[tuple[int, float]]:
+    """mean_curve of the jobs' curves as stored (a proposal whose trial did not train every job itself)."""
     from orchestrator import store
 
-    curves = [store.job_curve(root, sweep, trial_id).select("step", "val_acc") for trial_id in trial_ids]
-    curves = [c for c in curves if c.height]
-    if not curves or len(study.directions) > 1:
+    return mean_curve([store.job_curve(root, sweep, trial_id).select("step", "val_acc").rows()
+                       for trial_id in trial_ids])
+
+
+def report_learning_curve(study: Any, number: int, curve: list[tuple[int, float]]) -> int:
+    """Give Optuna trial `number` its intermediate values, so that optuna-dashboard draws its learning
+    curve: `curve` is mean_curve of its seed jobs. Single-objective studies only (Optuna keeps none for
+    several objectives); call before the trial is told. Returns the steps reported."""
+    import optuna
+
+    if not curve or len(study.directions) > 1:
         return 0
-    means = (pl.concat(curves).drop_nulls().group_by("step").agg(pl.col("val_acc").mean()).sort("step"))
     frozen = study.get_trials(deepcopy=False)[number]
     trial = optuna.trial.Trial(study, frozen._trial_id)  # Optuna has no public "trial by number" for report()
     done = frozen.intermediate_values  # reported before a crash, the proposal now rerun: not again
-    for step, value in means.iter_rows():
-        if int(step) not in done:
-            trial.report(float(value), int(step))
-    return means.height
+    for step, value in curve:
+        if step not in done:
+            trial.report(value, step)
+    return len(curve)
 
 
 def make_searcher(spec: SweepSpec, journal_path: str, root: str | None = None):
@@ -93,12 +104,14 @@ def make_searcher(spec: SweepSpec, journal_path: str, root: str | None = None):
             self.study = open_study(spec, journal_path)
             self.queue = unfinished_proposals(self.study)
             self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+            self.asked = len(self.study.get_trials(deepcopy=False))  # study.trials deep-copies every trial
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             if self.queue:
                 number, params = self.queue.pop(0)
-            elif len(self.study.trials) < (spec.num_samples or 0):
+            elif self.asked < (spec.num_samples or 0):
                 trial = self.study.ask(optuna_space(spec))
+                self.asked += 1
                 number, params = trial.number, dict(trial.params)
                 jobs = optuna_jobs(spec, number, params)
                 trial.set_user_attr("trial_ids", [job.job_id for job in jobs])
@@ -123,8 +136,11 @@ def make_searcher(spec: SweepSpec, journal_path: str, root: str | None = None):
                 else:
                     values = report.objectives if len(report.objectives) > 1 else report.objectives[0]
                     if root is not None and not spec.multi_objective:
-                        trial_ids = self.study.get_trials(deepcopy=False)[number].user_attrs.get("trial_ids", [])
-                        report_learning_curve(self.study, number, root, spec.name, trial_ids)
+                        curve = report.learning_curve  # None: the trial did not train all its jobs itself
+                        if curve is None:
+                            trial_ids = self.study.get_trials(deepcopy=False)[number].user_attrs.get("trial_ids", [])
+                            curve = stored_curve(root, spec.name, trial_ids)
+                        report_learning_curve(self.study, number, [(int(a), float(b)) for a, b in curve])
                     self.study.tell(number, values)
             # else: stopped before its seeds ended (Ctrl-C): it stays RUNNING and `resume` runs it again
 

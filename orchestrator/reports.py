@@ -28,6 +28,7 @@ class PackReport:
     pack_done: bool = False
     objectives: list[float] | None = None  # pack_done: mean of each search metric over the pack's jobs
     failed_jobs: int = 0
+    learning_curve: list[tuple[int, float]] | None = None  # pack_done, Optuna: mean val_acc of its jobs per step
 
     def to_tune(self) -> dict[str, Any]:
         # step and accuracies also as plain keys: a Tune scheduler or stopper can read them

@@ -27,6 +27,7 @@ from typing import Any
 from orchestrator import store, trainer_process
 from orchestrator.budgets import extension_fields, owes_extension
 from orchestrator.jobs import Job, objective_of_row, optuna_jobs, outcome_from_curve, row_fields, train_config
+from orchestrator.optuna_search import mean_curve
 from orchestrator.reports import PackReport
 from orchestrator.spec import SweepSpec
 from orchestrator.trainer_process import Batch, Finished, Started, TrainerFailed
@@ -68,6 +69,7 @@ class _Pack:
         self.best: tuple[float, str] | None = None
         self.last_report = 0.0
         self.last_job, self.last_step, self.last_acc = "", 0, (None, None)
+        self.curves: dict[str, list[tuple[int, float | None]]] = {}  # Optuna: (step, val_acc) of jobs trained here
 
     def _report(self, force: bool = False, **final: Any) -> None:
         if not force and time.monotonic() - self.last_report < self.spec.report_every_s:
@@ -115,7 +117,9 @@ class _Pack:
         failed = sum(row["status"] == store.FAILED for row in rows)
         scores = [objective_of_row(self.spec, row) for row in rows if row["status"] != store.FAILED]
         means = None if failed or not scores else [sum(c) / len(c) for c in zip(*scores, strict=True)]
-        self._report(force=True, pack_done=True, objectives=means, failed_jobs=failed)
+        every_curve = self.spec.method == "optuna" and all(row["trial_id"] in self.curves for row in rows)
+        curve = mean_curve([self.curves[row["trial_id"]] for row in rows]) if every_curve else None
+        self._report(force=True, pack_done=True, objectives=means, failed_jobs=failed, learning_curve=curve)
 
 
 def _stop_requested() -> bool:
@@ -256,6 +260,8 @@ def _finish(pack: _Pack, run: JobRun, finished: Finished, replace: bool = False)
         store.write_curve_rows(root, spec.name, job.job_id, finished.history)
         if compact:
             store.compact_curves(root, spec.name, job.job_id)
+    if spec.method == "optuna":  # the proposal's learning curve travels in the pack's last report
+        pack.curves[job.job_id] = [(r["step"], r["val_acc"]) for r in finished.history]
     fields = row_fields(outcome_from_curve(finished.history, p=config.p))
     row = store.trial_row(spec.name, job.job_id, config, store.STOPPED if finished.pruned else store.COMPLETED,
                           wall_s=finished.wall_s, device=finished.device, started_at=run.started,

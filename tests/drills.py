@@ -106,8 +106,8 @@ def curve_steps(root, sweep: str) -> dict[str, list[int]]:
 
 def assert_sweep_whole(root, name: str, n_jobs: int, eval_every: int = 10) -> pl.DataFrame:
     """The invariants every drill ends with: `check` exits 0, one ended row per owed job, each with its
-    spec_hash, no duplicate row or step, every completed job's curve from step 0 to its last step without a gap (and with the
-    evaluation at its budget's end where that is off the grid)."""
+    spec_hash, no duplicate row or step, every completed job's curve from step 0 to its last step without a
+    gap (and with the evaluation at its budget's end where that is off the grid)."""
     result = runner.invoke(app, ["check", name, "--results", str(root)])
     assert result.exit_code == 0, result.output
     table = rows(root, name)
