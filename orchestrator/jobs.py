@@ -15,8 +15,11 @@ that big packs keep the driver idle early and small ones balance the end: each p
 `ceil(left / (8 * max_concurrent))` of the jobs left, but at least `ceil(jobs / (128 * max_concurrent))`
 and at most 100,000 training steps (`100_000 // max_steps` jobs). A sweep of 12 jobs at 2 at a time gets
 packs of 1; 2,000 `tiny` jobs (60 steps) 125, 118, ... down to 8 (61 Tune trials); 10,000 of them 625
-down to 40. Optuna packs are always one proposed configuration x all its seeds: the mean over seeds is
-what Optuna is told, so seeds are never split. A fixed `pack: N` gives packs of N.
+down to 40. Trials that batch (a GPU in `resources` with `batched: auto`, or `batched: on`) train a pack's
+jobs of one shape at once, so a pack lasts about one job however many it holds: their cap is BATCHED_PACK
+members instead of the steps cap (1,000 gromov jobs on one GPU: packs of 64, 64, ..., the last ones
+smaller). Optuna packs are always one proposed configuration x all its seeds: the mean over seeds is what
+Optuna is told, so seeds are never split. A fixed `pack: N` gives packs of N.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from trainers.metrics import BUMP, CENSORED, EVENTS, METRICS, EventTracker, val_
 MAX_PACK_STEPS = 100_000
 PACKS_PER_SLOT = 8  # a pack takes at most 1/8 of what is left per concurrent slot ...
 TAIL_PACKS_PER_SLOT = 128  # ... and at least 1/128 of the whole sweep per slot
+BATCHED_PACK = 64  # the cap for trials that batch: members per batched model (issue 12's largest K)
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ def pack_sizes(spec: Any, n_jobs: int, max_steps: int | None = None) -> list[int
     from orchestrator.spec import points
 
     max_steps = max(max_steps or 0, *(spec.trial_config(p, spec.seeds[0]).max_steps for p in points(spec)[:1000]))
-    cap = max(1, MAX_PACK_STEPS // max(1, max_steps))
+    batches = spec.batched == "on" or (spec.batched == "auto" and spec.gpu > 0)
+    cap = BATCHED_PACK if batches else max(1, MAX_PACK_STEPS // max(1, max_steps))
     slots = PACKS_PER_SLOT * spec.max_concurrent
     smallest = max(1, min(cap, math.ceil(n_jobs / (TAIL_PACKS_PER_SLOT * spec.max_concurrent))))
     sizes, left = [], n_jobs

@@ -167,3 +167,26 @@ def test_dry_run_prints_the_trials_and_runs_nothing(tmp_path):
         "lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.01}})))
     result = runner.invoke(app, ["sweep", str(optuna_spec), "--dry-run"])
     assert result.exit_code == 0 and "5 configurations x 2 seeds = 10 jobs" in result.output
+
+
+def test_default_packs_follow_the_steps_cap_on_cpu_and_the_members_cap_where_trials_batch():
+    """2,000 tiny jobs (60 steps) at 2 at a time: 125 down to 8 (the documented rule). 1,000 gromov jobs
+    (3,000 steps): on CPU at most 33 a pack (100,000 steps); where trials batch on a GPU, up to 64 members."""
+    from orchestrator.jobs import BATCHED_PACK, pack_sizes
+    from orchestrator.spec import parse_spec
+
+    def spec(preset: str, seeds: int, **extra) -> object:
+        return parse_spec({"name": "p", "base": {"preset": preset, "max_steps": 60} if preset == "tiny" else
+                           {"preset": preset}, "method": "grid", "seeds": list(range(seeds)),
+                           "parameters": {"weight_decay": {"values": [0.1 * i for i in range(1, 11)]},
+                                          "lr": {"values": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]}}, **extra})
+
+    tiny = pack_sizes(spec("tiny", 40), 2000)
+    assert tiny[0] == 125 and min(tiny[:-1]) == 8 and len(tiny) == 58 and sum(tiny) == 2000  # the last: the rest
+    cpu = pack_sizes(spec("gromov", 20, max_concurrent=1), 1000)
+    assert max(cpu) == 100_000 // 3000 == 33 and sum(cpu) == 1000
+    for batching in ({"resources": {"cpu": 4, "gpu": 1}}, {"batched": "on"}):
+        gpu = pack_sizes(spec("gromov", 20, max_concurrent=1, **batching), 1000)
+        assert gpu[0] == BATCHED_PACK == 64 and sum(gpu) == 1000 and gpu == sorted(gpu, reverse=True)
+    off = pack_sizes(spec("gromov", 20, max_concurrent=1, resources={"cpu": 4, "gpu": 1}, batched="off"), 1000)
+    assert off == cpu
