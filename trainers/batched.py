@@ -5,11 +5,13 @@ On a GPU one small grokking job leaves the card idle between kernel launches; K 
 Grokfast, dtype, eval_every, the progress-measure level) train together instead. Every parameter is stacked
 along a leading member axis (`w_in`: (K, 2n, width)), the forward is the single model's with batched matrix
 products, and the optimiser step applies each member's own lr, betas, weight decay, momentum, warm-up and
-Grokfast constants. Everything
-else stays per member and equals `trainers.run` on that member's config alone: its initialisation (built by
-`build_model` from its seed), its train/validation split and minibatch order (its seed), its evaluations,
-events, stopping, report callback and checkpoint directory. A member's checkpoint has the single run's
-format, so either trainer resumes the other's.
+Grokfast constants. Everything else stays per member and equals `trainers.run` on that member's config
+alone: its initialisation (built by `build_model` from its seed), its train/validation split and minibatch
+order (its seed), its evaluations, events, stopping, report callback and checkpoint directory. A member's
+checkpoint has the single run's format, so either trainer resumes the other's. What a step or an
+evaluation issues to the device does not grow with K: the progress measures of all due members are one
+pass of trainers.progress's stacked products, and between evaluations no member is looked at
+(tests/test_batched.py counts the operations).
 
 A member that ends (generalised with stop_on_generalize, budget spent, or stopped by its report) is
 *compacted out*: its rows of every stacked tensor are dropped, so the others no longer pay for it.
