@@ -988,17 +988,19 @@ def _split_by_overlap(files: list[str], table_dir: str) -> tuple[list[str], list
 
 
 def collect(build: Any, retries: int = 1000) -> pl.DataFrame:
-    """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished mid-read
-    (a compaction ran concurrently). Each retry lists anew, so it can only fail again if a writer keeps
-    compacting: it retries for as long as every failure names a different file (a writer is making
-    progress), and raises when the same failure comes twice in a row (a file listed but unreadable)."""
-    previous = None
+    """Collect `build()` (a function returning a LazyFrame), listing files afresh if one vanished or was
+    replaced mid-read (a compaction, a job's row turning final). Each retry lists anew, so it can only fail
+    again if a writer keeps going: it retries for as long as every failure differs (a writer is making
+    progress), and raises when the same failure comes three times in a row (a file listed but unreadable;
+    polars' "out of specification" names no file, so two replacements in a row would read alike)."""
+    previous, repeats = None, 0
     for attempt in range(retries + 1):
         try:
             frame = build()
             return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
         except (FileNotFoundError, pl.exceptions.ComputeError) as error:
-            if attempt == retries or not _looks_missing(error) or str(error) == previous:
+            repeats = repeats + 1 if str(error) == previous else 0
+            if attempt == retries or not _looks_missing(error) or repeats == 2:
                 raise
             previous = str(error)
             time.sleep(min(0.01 * (attempt + 1), 0.2))
@@ -1006,8 +1008,11 @@ def collect(build: Any, retries: int = 1000) -> pl.DataFrame:
 
 
 def _looks_missing(error: Exception) -> bool:
+    """A file that vanished (compacted away) or was replaced (a job's row file: `running`, then final)
+    between polars' planning, which reads each file's footer, and its reading the data by path again."""
     text = str(error).lower()
-    return isinstance(error, FileNotFoundError) or "no such file" in text or "not found" in text
+    return (isinstance(error, FileNotFoundError) or "no such file" in text or "not found" in text
+            or "out of specification" in text)
 
 
 def query(sql: str, root: Root = None) -> pl.DataFrame:

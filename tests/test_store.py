@@ -265,3 +265,23 @@ def test_trial_row_accepts_a_validated_config_unchanged():
     config = TrainConfig(weight_decay=0.0, batch_size=None)
     row = store.trial_row("s", "t", config, store.RUNNING)
     assert row["weight_decay"] == 0.0 and row["batch_size"] is None and row["status"] == store.RUNNING
+
+
+def test_collect_reads_again_when_a_file_is_replaced_under_polars(tmp_path):
+    """polars' lazy scan reads each file's footer when it plans and the data by path when it runs: a job's
+    row file replaced in between (its `running` row turning final, by a rename) reads as out of
+    specification. store.collect lists and reads again; a file that stays unreadable still raises."""
+    path = tmp_path / "row.parquet"
+    pl.DataFrame({"trial_id": ["a"], "status": ["running"]}).write_parquet(path)
+    stale = pl.scan_parquet(tmp_path)
+    stale.collect_schema()  # planned against the running row's file
+    pl.DataFrame({"trial_id": ["a"], "status": ["completed"], "steps_run": [400]}).write_parquet(tmp_path / "new")
+    os.replace(tmp_path / "new", path)
+    with pytest.raises(pl.exceptions.ComputeError, match="out of specification"):
+        stale.collect()
+    builds = iter([stale, pl.scan_parquet(tmp_path)])
+    assert store.collect(lambda: next(builds))["status"].to_list() == ["completed"]
+
+    path.write_bytes(b"PAR1 not parquet at all")
+    with pytest.raises(pl.exceptions.PolarsError):  # the same failure twice: raised (then reported as corrupt)
+        store.collect(lambda: pl.scan_parquet(tmp_path))
