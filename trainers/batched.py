@@ -41,7 +41,7 @@ from trainers.loop import (
     pick_device,
     resumed_history,
 )
-from trainers.metrics import TOP_FREQUENCIES, EventTracker
+from trainers.metrics import EventTracker, evaluate_stacked
 from trainers.models import build_model
 from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sample_loss
 from trainers.progress import StackedProgress
@@ -325,25 +325,8 @@ def _evaluate(stack: _Stack, train_logits: torch.Tensor | None, n: int, modular:
     K = len(stack.members)
     train_logits = forward(c0, stack.params, data["train_x"]) if train_logits is None else train_logits.detach()
     val_logits = forward(c0, stack.params, data["val_x"])
-
-    def losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return per_sample_loss(c0.loss, logits.flatten(0, 1), labels.flatten()).view(K, -1)
-
-    train_losses, val_losses = losses(train_logits, data["train_y"]), losses(val_logits, data["val_y"])
-    dtype = train_losses.dtype
-    norm = torch.sqrt(sum(p.detach().pow(2).flatten(1).sum(1) for p in stack.params.values()))
-    columns = [train_losses.mean(1), (train_logits.argmax(-1) == data["train_y"]).to(dtype).mean(1),
-               val_losses.mean(1), (val_logits.argmax(-1) == data["val_y"]).to(dtype).mean(1),
-               norm.to(dtype), (train_losses == 0).to(dtype).mean(1)]
-    if modular:  # metrics.fourier_sparsity per member
-        spectrum = torch.fft.rfft(embedding(c0, stack.params, n).detach().double(), dim=1).abs().pow(2).sum(2)
-        spectrum[:, 1:(n + 1) // 2] *= 2
-        top = spectrum[:, 1:].topk(min(TOP_FREQUENCIES, spectrum.shape[1] - 1), dim=1).values.sum(1)
-        columns.append((top / spectrum.sum(1)).to(dtype))
-    values = torch.stack(columns, dim=1).tolist()
-    names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse", "fourier_sparsity")
-    rows = [{**dict(zip(names, row, strict=False)), **({} if modular else {"fourier_sparsity": float("nan")})}
-            for row in values]
+    rows = evaluate_stacked((train_logits, data["train_y"]), (val_logits, data["val_y"]), list(stack.params.values()),
+                            embedding(c0, stack.params, n), c0.loss, modular)
     if c0.progress_measures != "none":
         slots = [s for s in range(K) if due is None or due[s]]
 

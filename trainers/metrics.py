@@ -111,33 +111,51 @@ def evaluate(model, train: tuple, val: tuple, loss: str, modular: bool, train_lo
     same logits."""
     import torch
 
-    from trainers.optim import per_sample_loss
-
     with torch.no_grad():
         train_logits = model(train[0]) if train_logits is None else train_logits.detach()
         val_logits = model(val[0])
-        train_losses = per_sample_loss(loss, train_logits, train[1])
-        val_losses = per_sample_loss(loss, val_logits, val[1])
-        norm = torch.sqrt(sum(p.detach().pow(2).sum() for p in model.parameters()))
-        dtype = train_losses.dtype
-        values = torch.stack([
-            train_losses.mean(), (train_logits.argmax(-1) == train[1]).to(dtype).mean(),
-            val_losses.mean(), (val_logits.argmax(-1) == val[1]).to(dtype).mean(),
-            norm.to(dtype), (train_losses == 0).to(dtype).mean(),
-        ]).tolist()
-        sparsity = fourier_sparsity(model.embedding()) if modular else float("nan")
+        values = evaluate_stacked((train_logits[None], train[1][None]), (val_logits[None], val[1][None]),
+                                  [p[None] for p in model.parameters()], model.embedding()[None], loss, modular)[0]
         measures = {} if progress is None else progress(model, train_logits, val_logits)
-    names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse")
-    return {**dict(zip(names, values, strict=True)), "fourier_sparsity": sparsity, **measures}
+    return {**values, **measures}
 
 
-def fourier_sparsity(embedding) -> float:
-    """Share of the (n, k) embedding's squared norm, in the Fourier basis over Z_n, held by its
-    TOP_FREQUENCIES strongest non-constant frequencies (frequency f and n - f count as one)."""
+def evaluate_stacked(train: tuple, val: tuple, params: list, embedding, loss: str, modular: bool) -> list[dict]:
+    """Every METRICS value of K runs of one shape at once (`evaluate` is K = 1; trainers.batched's members
+    are K > 1): `train` and `val` are (logits (K, N, c), labels (K, N)), `params` the stacked parameters
+    (K, ...), `embedding` the per-symbol weights (K, n, k). One device-to-host copy for all K."""
     import torch
 
-    spectrum = torch.fft.rfft(embedding.detach().double(), dim=0).abs().pow(2).sum(1)  # (n // 2 + 1,)
-    n = embedding.shape[0]
-    spectrum[1:(n + 1) // 2] *= 2  # f and n - f; the constant term and (even n) Nyquist term appear once
-    total = spectrum.sum()
-    return float(spectrum[1:].topk(min(TOP_FREQUENCIES, len(spectrum) - 1)).values.sum() / total)
+    from trainers.optim import per_sample_loss
+
+    K = train[1].shape[0]
+
+    def losses(logits, labels):
+        return per_sample_loss(loss, logits.flatten(0, 1), labels.flatten()).view(K, -1)
+
+    with torch.no_grad():
+        (train_logits, train_labels), (val_logits, val_labels) = train, val
+        train_losses, val_losses = losses(*train), losses(*val)
+        dtype = train_losses.dtype
+        norm = torch.sqrt(sum(p.detach().pow(2).flatten(1).sum(1) for p in params))
+        columns = [train_losses.mean(1), (train_logits.argmax(-1) == train_labels).to(dtype).mean(1),
+                   val_losses.mean(1), (val_logits.argmax(-1) == val_labels).to(dtype).mean(1),
+                   norm.to(dtype), (train_losses == 0).to(dtype).mean(1)]
+        if modular:
+            columns.append(fourier_sparsity(embedding).to(dtype))
+        values = torch.stack(columns, dim=1).tolist()
+    names = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "softmax_collapse", "fourier_sparsity")
+    return [{**dict(zip(names, row, strict=False)), **({} if modular else {"fourier_sparsity": float("nan")})}
+            for row in values]
+
+
+def fourier_sparsity(embedding):
+    """(K, n, k) embeddings -> (K,) float64: the share of each one's squared norm, in the Fourier basis over
+    Z_n, held by its TOP_FREQUENCIES strongest non-constant frequencies (f and n - f count as one)."""
+    import torch
+
+    spectrum = torch.fft.rfft(embedding.detach().double(), dim=1).abs().pow(2).sum(2)  # (K, n // 2 + 1)
+    n = embedding.shape[1]
+    spectrum[:, 1:(n + 1) // 2] *= 2  # f and n - f; the constant term and (even n) Nyquist term appear once
+    top = spectrum[:, 1:].topk(min(TOP_FREQUENCIES, spectrum.shape[1] - 1), dim=1).values.sum(1)
+    return top / spectrum.sum(1)
