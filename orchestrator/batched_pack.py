@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +31,10 @@ from orchestrator.trainable import (
     _stop_requested,
     common_fields,
     on_batch,
+    trainer_checkpoint_dir,
+    trainer_job,
 )
 from orchestrator.trainer_process import Batch, BatchedJob, Finished, Member, Started, TrainerFailed
-from orchestrator.trainer_process import Job as TrainerJob
 from trainers.batching import batching_key
 
 
@@ -84,12 +84,8 @@ def _run_group(pack: _Pack, jobs: list[Job]) -> dict[str, dict[str, Any]]:
     where = store.ResultsRoot.of(root)
     members = []
     for job in jobs:
-        if where.remote:  # as in trainable._run_job: train on a local copy, upload each checkpoint
-            checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
-            store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
-        else:
-            checkpoint_dir = store.checkpoint_path(root, spec.name, job.job_id)
-        members.append(_Member(job, train_config(spec, job), checkpoint_dir, store.JobLog(root, spec.name, job.job_id),
+        members.append(_Member(job, train_config(spec, job), trainer_checkpoint_dir(pack, job),
+                               store.JobLog(root, spec.name, job.job_id),
                                common_fields(pack, job, batched=True)))
     trainer = trainer_process.shared()
     attempt, finished_ok = 0, False
@@ -98,11 +94,7 @@ def _run_group(pack: _Pack, jobs: list[Job]) -> dict[str, dict[str, Any]]:
             live = [m for m in members if m.row is None]
             for m in live:
                 m.resumed_from = _has_local_checkpoint(m.checkpoint_dir)
-            group = BatchedJob([TrainerJob(config=m.config.to_dict(), checkpoint_dir=m.checkpoint_dir,
-                                           checkpoint_every=spec.checkpoint_every,
-                                           checkpoint_every_s=spec.checkpoint_every_s,
-                                           report_every_s=spec.report_every_s,
-                                           prune_not_memorized_by=spec.prune_not_memorized_by) for m in live])
+            group = BatchedJob([trainer_job(spec, m) for m in live])
             try:
                 for message in trainer.run(group):
                     if isinstance(message, Started):

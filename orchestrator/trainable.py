@@ -163,6 +163,24 @@ def common_fields(pack: _Pack, job: Job, batched: bool) -> dict[str, Any]:
             "spec_hash": pack.spec.spec_hash}
 
 
+def trainer_checkpoint_dir(pack: _Pack, job: Job) -> str:
+    """Where the trainer keeps the job's checkpoint: its folder in the store, or on a remote root a local
+    copy (downloaded here; each checkpoint is uploaded before the trainer goes on, see on_batch)."""
+    spec, root = pack.spec, pack.root
+    if not store.ResultsRoot.of(root).remote:
+        return store.checkpoint_path(root, spec.name, job.job_id)
+    directory = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
+    store.download_checkpoint(root, spec.name, job.job_id, directory)
+    return directory
+
+
+def trainer_job(spec: SweepSpec, run: JobRun) -> TrainerJob:
+    """What the trainer process is sent for this job (alone, or as a member of a BatchedJob)."""
+    return TrainerJob(config=run.config.to_dict(), checkpoint_dir=run.checkpoint_dir,
+                      checkpoint_every=spec.checkpoint_every, checkpoint_every_s=spec.checkpoint_every_s,
+                      report_every_s=spec.report_every_s, prune_not_memorized_by=spec.prune_not_memorized_by)
+
+
 def on_batch(pack: _Pack, run: JobRun, message: Batch, trainer: trainer_process.TrainerProcess) -> None:
     """One Batch of the job's evaluations: log it, show the job running, store its curve up to a
     checkpoint (then let the trainer go on), and tell the driver's live view."""
@@ -196,11 +214,7 @@ def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dic
     extending = job.max_steps is not None and stored is not None
     if extending:
         common.update(extension_fields(stored, job.max_steps))
-    if where.remote:  # the trainer writes locally; each checkpoint is uploaded before it goes on
-        checkpoint_dir = tempfile.mkdtemp(prefix=f"groksweep-{job.job_id}-")
-        store.download_checkpoint(root, spec.name, job.job_id, checkpoint_dir)
-    else:
-        checkpoint_dir = store.checkpoint_path(root, spec.name, job.job_id)
+    checkpoint_dir = trainer_checkpoint_dir(pack, job)
     run = JobRun(job, config, checkpoint_dir, store.JobLog(root, spec.name, job.job_id), common)
     if extending:  # its final row gives way to a running one first: a crash from here on leaves it owed
         store.write_trial_row(root, store.trial_row(spec.name, job.job_id, config, store.RUNNING,
@@ -214,17 +228,13 @@ def _run_job(pack: _Pack, job: Job, stored: dict[str, Any] | None = None) -> dic
         while True:
             run.resumed_from = _has_local_checkpoint(checkpoint_dir)
             try:
-                trainer_job = TrainerJob(config=config.to_dict(), checkpoint_dir=checkpoint_dir,
-                                         checkpoint_every=spec.checkpoint_every,
-                                         checkpoint_every_s=spec.checkpoint_every_s,
-                                         report_every_s=spec.report_every_s,
-                                         prune_not_memorized_by=spec.prune_not_memorized_by)
-                for message in trainer.run(trainer_job):
+                sent = trainer_job(spec, run)
+                for message in trainer.run(sent):
                     if isinstance(message, Started):
                         how = "started" if run.resumed_from is None else f"resumed from step {run.resumed_from}"
                         log.write(f"# job {job.job_id} on {message.device}, {how} {time.ctime()} "
                                   f"(attempt {attempt + 1}, trainer pid {trainer.process.pid})\n"
-                                  f"# config {json.dumps(trainer_job.config)}\n")
+                                  f"# config {json.dumps(sent.config)}\n")
                     elif isinstance(message, Batch):
                         on_batch(pack, run, message, trainer)
                     elif isinstance(message, Finished):
