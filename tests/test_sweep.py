@@ -39,6 +39,22 @@ MLP23 = {"op": "x+y", "p": 23, "train_fraction": 0.5, "model": "mlp", "width": 1
 TINY = {**MLP23, "lr": 1e-2}
 
 
+def test_ray_workers_run_polars_on_one_thread_and_the_driver_keeps_its_own(local_ray):
+    """A trial's store writes are tiny: polars' per-core thread pool only cost the trainers CPU there
+    (orchestrator.runtime.WORKER_ENV). The driver, which reads whole sweeps, is left as it was."""
+    import os
+
+    import ray
+
+    @ray.remote
+    def polars_threads() -> int:
+        return pl.thread_pool_size()
+
+    assert ray.get(polars_threads.remote()) == 1
+    if "POLARS_MAX_THREADS" not in os.environ:  # set only for the processes Ray started, not for this one
+        assert pl.thread_pool_size() > 1 or os.cpu_count() == 1
+
+
 def test_grid_sweep_writes_one_row_per_job_and_its_curves(local_ray, tmp_path):
     spec = parse_spec({"name": "grid", "base": {**TINY, "max_steps": 300}, "method": "grid",
                        "parameters": {"weight_decay": {"values": [1.0, 2.0]}}, "seeds": [0, 1]})

@@ -103,6 +103,25 @@ def _block(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last
     return x + _mm(_hidden(P, i, x), P[pre + "w_out"]) + _each(P[pre + "b_out"], x.ndim)
 
 
+class _SquareThenProject(torch.autograd.Function):
+    """bmm(h * h, w_out^T) with models._QuadraticMLP's backward: the activation's factor 2 goes on the small
+    (K, B, n) logit gradient, then one in-place product with h. Autograd's backward of h * h is two products
+    and a sum over the (K, B, width) activations, the model's largest tensors: on a GPU the batched MLP's
+    step is bound by passes over them, not by launches."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        a = h * h
+        ctx.save_for_backward(h, a, w_out)
+        return torch.bmm(a, w_out.transpose(1, 2))  # (K, B, n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, a, w_out = ctx.saved_tensors
+        grad_w_out = torch.bmm(grad.transpose(1, 2), a)  # (K, n, width), as the single model's grad.t().mm(a)
+        return torch.bmm(grad * 2, w_out).mul_(h), grad_w_out
+
+
 def forward(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits (K, B, n) of every member on its own inputs x: (K, B, 2) MLP rows or (K, B, T) tokens."""
     K = x.shape[0]
@@ -111,8 +130,9 @@ def forward(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) ->
         offsets = (torch.arange(K, device=x.device) * w_in.shape[1]).view(K, 1, 1)
         h = F.embedding_bag((x + offsets).view(-1, 2), w_in.reshape(-1, w_in.shape[2]), mode="sum")
         h = h.view(K, x.shape[1], -1)  # (K, B, width)
-        a = h * h if config.activation == "quadratic" else torch.relu(h)
-        return torch.bmm(a, P["w_out"].transpose(1, 2))  # (K, B, n)
+        if config.activation == "quadratic":
+            return _SquareThenProject.apply(h, P["w_out"])
+        return torch.bmm(torch.relu(h), P["w_out"].transpose(1, 2))  # (K, B, n)
     h = _embed(P, x)
     for i in range(config.layers):
         h = _block(P, i, h, config.heads, last_only=i == config.layers - 1)
