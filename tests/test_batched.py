@@ -164,6 +164,9 @@ def test_on_cuda_members_have_the_events_of_their_runs_alone(alone64):
     assert all(b.device.startswith("cuda") for b in batched)
     assert [b.events for b in batched] == [a.events for a in alone64]
     assert max_curve_diff(alone64, batched) < 1e-9
+    again = run_batched(grid("float64"))  # deterministic kernels (trainers.loop.pick_device): bit for bit
+    assert [r.history for r in again] == [r.history for r in batched]
+    assert run(grid("float64")[0]).history == alone64[0].history
 
 
 def test_batched_members_extend_from_their_checkpoints_like_the_longer_run(tmp_path):

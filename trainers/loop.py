@@ -7,6 +7,7 @@ The interface (`run`, `Evaluation`, `TrialResult`) is pinned: the orchestrator's
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +54,14 @@ Report = Callable[[Evaluation], bool | None]  # return True to stop the run
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, with deterministic kernels: by default CUDA's index_add_ and scatter_add_ (the MLP's
+    input-weight gradient, the restricted loss) sum in a different order each run, so the same config would
+    not give the same curve, nor a resumed run its uninterrupted one. CPU kernels here already are."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any product
+    torch.use_deterministic_algorithms(True, warn_only=True)  # ops with no deterministic kernel warn, not fail
+    return torch.device("cuda:0")
 
 
 def batch_indices(config: TrainConfig, n_train: int, step: int) -> torch.Tensor | None:
