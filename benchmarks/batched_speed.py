@@ -103,6 +103,21 @@ def _separate_worker(jobs: list, barrier, results) -> None:
     results.put((started, time.time()))
 
 
+def flops_per_member_step(name: str, threads: int) -> float:
+    """Floating-point operations of one member's training step, counted by torch (FlopCounterMode) on a
+    2-member model as the difference of 4 and 2 steps (evaluations excluded): compared with the device's
+    fp32 peak it says how far from the hardware's floor a jobs/s figure is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def counted(steps: int) -> int:
+        members = [dataclasses.replace(c, eval_every=10_000) for c in configs(name, 2, steps, threads)]
+        with FlopCounterMode(display=False) as counter:
+            run_batched(members)
+        return counter.get_total_flops()
+
+    return (counted(4) - counted(2)) / 2 / 2
+
+
 def separate_vs_batched(name: str, ks: list[int], max_steps: int | None, threads: int) -> None:
     import multiprocessing as mp
 
@@ -110,9 +125,15 @@ def separate_vs_batched(name: str, ks: list[int], max_steps: int | None, threads
     print(f"{name} on {pick_device()}: per K, 4K jobs (lr x weight decay x seed, grokking at different steps)",
           flush=True)
     run_batched(configs(name, 2, 20, threads))  # warm-up in this process
+    flops = flops_per_member_step(name, threads)
+    print(f"  {flops / 1e9:.2f} GFLOP per member training step (torch's count; evaluations not included): "
+          "TFLOP/s below = that x member-steps / s, to set against the device's fp32 peak", flush=True)
     for k in ks:
         jobs = configs(name, 4 * k, max_steps, threads)
-        batched_s = timed(lambda jobs=jobs, k=k: [run_batched(jobs[i:i + k]) for i in range(0, len(jobs), k)])
+        ran: list = []
+        batched_s = timed(lambda jobs=jobs, k=k, ran=ran: [ran.extend(run_batched(jobs[i:i + k]))
+                                                           for i in range(0, len(jobs), k)])
+        member_steps = sum(r.steps_run for r in ran)  # the separate processes run the same jobs, as many steps
         barrier, results = ctx.Barrier(k), ctx.Queue()
         workers = [ctx.Process(target=_separate_worker, args=(jobs[i::k], barrier, results)) for i in range(k)]
         for w in workers:
@@ -123,7 +144,9 @@ def separate_vs_batched(name: str, ks: list[int], max_steps: int | None, threads
         separate_s = max(end for _, end in spans) - min(start for start, _ in spans)
         print(f"  K={k:3d}: {4 * k} jobs  batched {batched_s:8.2f} s = {4 * k / batched_s:8.2f} jobs/s   "
               f"{k} separate processes {separate_s:8.2f} s = {4 * k / separate_s:8.2f} jobs/s   "
-              f"ratio {separate_s / batched_s:6.2f}x", flush=True)
+              f"ratio {separate_s / batched_s:6.2f}x   ({member_steps} member-steps: batched "
+              f"{flops * member_steps / batched_s / 1e12:.2f} TFLOP/s, "
+              f"separate {flops * member_steps / separate_s / 1e12:.2f})", flush=True)
 
 
 if __name__ == "__main__":
