@@ -615,8 +615,15 @@ def write_curve_rows(root: Root, sweep: str, trial_id: str, rows: list[dict[str,
 
     Each call adds one small file named by its write time; readers and `compact_curves` keep the most
     recently written row per step, so steps re-sent after a restore replace the old ones."""
-    if rows:
-        write_curve_frame(root, sweep, trial_id, _curve_frame(sweep, trial_id, rows))
+    if not rows:
+        return
+    frame = _curve_frame(sweep, trial_id, rows)
+    steps = [int(r["step"]) for r in rows]
+    if all(a < b for a, b in zip(steps, steps[1:], strict=False)):  # a trainer's rows: already the stored shape
+        fs, base, _ = _fs(root)
+        _write_parquet(fs, base, _new_curve_path(base, sweep, trial_id), frame)
+    else:
+        write_curve_frame(root, sweep, trial_id, frame)
 
 
 def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame) -> str | None:
@@ -630,9 +637,13 @@ def write_curve_frame(root: Root, sweep: str, trial_id: str, frame: pl.DataFrame
     frame = (frame.select(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
                           for name, dtype in CURVE_SCHEMA.items())
              .unique(subset="step", keep="last", maintain_order=True))
-    path = f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet"
+    path = _new_curve_path(base, sweep, trial_id)
     _write_parquet(fs, base, path, frame)
     return path
+
+
+def _new_curve_path(base: str, sweep: str, trial_id: str) -> str:
+    return f"{_curve_dir(base, sweep, trial_id)}/{time.time_ns():020d}-part.parquet"
 
 
 def compact_curves(root: Root, sweep: str, trial_id: str) -> None:
