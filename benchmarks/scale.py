@@ -161,6 +161,7 @@ class SweepRun:
     children_maxrss_kb: int  # getrusage(RUSAGE_CHILDREN).ru_maxrss after it exited (Ray's processes included)
     machine_cpu_s: float
     fit_s: float | None  # "(X s in Tune)" as the command printed it
+    cpu_by_role: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process (PROCESS_ROLES)
     rows: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
@@ -182,6 +183,37 @@ def _poll_driver(pid: int, out: dict[str, float], rss: list[tuple[float, int]], 
         stop.wait(0.1)
 
 
+# what each process of a sweep is, by its command line (first match); the rest of the machine is "other"
+PROCESS_ROLES = [("trainer_process import serve", "trainer processes"), ("ImplicitFunc", "trial workers"),
+                 ("orchestrator.cli sweep", "driver"), ("orchestrator.live_report", "live report"),
+                 ("ray", "Ray's own processes")]
+
+
+def _cpu_by_pid() -> dict[int, tuple[str, float]]:
+    """Each process's role and CPU seconds so far."""
+    ticks, out = os.sysconf("SC_CLK_TCK"), {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry.name}/cmdline").read_text(errors="replace").replace("\0", " ")
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        role = next((name for key, name in PROCESS_ROLES if key in command), "other")
+        out[int(entry.name)] = (role, (int(stat[11]) + int(stat[12])) / ticks)
+    return out
+
+
+def _poll_cpu_by_role(out: dict[int, tuple[str, float]], stop: threading.Event) -> None:
+    """Every second, each process's CPU so far (the last value seen is kept after it exits): where the
+    machine's CPU went -- the sweep is CPU-bound, so the trainers' share of it sets the pace."""
+    while not stop.is_set():
+        for pid, (role, cpu) in _cpu_by_pid().items():  # an exiting process has no command line: keep its role
+            out[pid] = (out[pid][0] if pid in out and role == "other" else role, cpu)
+        stop.wait(1.0)
+
+
 def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> SweepRun:
     """`groksweep sweep` over `raw` into `root`, as a subprocess running groksweep from `repo`; its rows."""
     import resource
@@ -192,6 +224,10 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
     polled: dict[str, float] = {}
     rss: list[tuple[float, int]] = []
     stop = threading.Event()
+    by_pid: dict[int, tuple[str, float]] = {}
+    baseline = {pid: cpu for pid, (_, cpu) in _cpu_by_pid().items()}  # what each had used before the sweep
+    roles = threading.Thread(target=_poll_cpu_by_role, args=(by_pid, stop), daemon=True)
+    roles.start()
     cpu_before = machine_cpu_s()
     with open(log_path, "w") as log:
         started = time.perf_counter()
@@ -203,7 +239,11 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
         command_s = time.perf_counter() - started
     stop.set()
     poller.join()
+    roles.join()
     machine = machine_cpu_s() - cpu_before
+    cpu_by_role: dict[str, float] = {}
+    for pid, (role, cpu) in by_pid.items():
+        cpu_by_role[role] = cpu_by_role.get(role, 0.0) + cpu - baseline.get(pid, 0.0)
     output = Path(log_path).read_text(errors="replace")
     if code != 0:
         raise SystemExit(f"groksweep sweep exited {code}; its output ({log_path}) ends:\n{output[-3000:]}")
@@ -212,7 +252,8 @@ def run_groksweep(raw: dict[str, Any], root: str, log_path: str, repo: Path) -> 
     return SweepRun(command_s=command_s, driver_hwm_kb=int(polled.get("hwm_kb", 0)), driver_rss=rss,
                     driver_cpu_s=polled.get("cpu_s", float("nan")),
                     children_maxrss_kb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                    machine_cpu_s=machine, fit_s=float(fit.group(1)) if fit else None, rows=rows)
+                    machine_cpu_s=machine, fit_s=float(fit.group(1)) if fit else None, rows=rows,
+                    cpu_by_role=cpu_by_role)
 
 
 # --- the same jobs in a plain pool ---
@@ -313,6 +354,9 @@ def report(label: str, n_jobs: int, sweep: SweepRun, pool: list[tuple[float, flo
           f"between jobs {CONCURRENCY * pool_s - pool_job:.1f} s")
     print(f"  machine CPU busy: groksweep command {sweep.machine_cpu_s:.1f} s, pool {pool_cpu_s:.1f} s; "
           f"driver process CPU {sweep.driver_cpu_s:.1f} s")
+    if sweep.cpu_by_role:
+        print("    groksweep's CPU by process (whole command): " + ", ".join(
+            f"{role} {cpu:.1f} s" for role, cpu in sorted(sweep.cpu_by_role.items(), key=lambda item: -item[1])))
     target = " (target <= 1 GB at 10,000 jobs)" if n_jobs >= 10_000 else ""
     print(f"  driver peak RSS (VmHWM) {sweep.driver_hwm_kb / 1024:.0f} MB{target}; largest child incl. Ray "
           f"(ru_maxrss) {sweep.children_maxrss_kb / 1024:.0f} MB")
