@@ -61,6 +61,7 @@ def pick_device() -> torch.device:
         return torch.device("cpu")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any product
     torch.use_deterministic_algorithms(True, warn_only=True)  # ops with no deterministic kernel warn, not fail
+    torch.utils.deterministic.fill_uninitialized_memory = False  # nothing reads it: skip the fill (a memory pass)
     return torch.device("cuda:0")
 
 
