@@ -28,8 +28,8 @@ from orchestrator import UserError
 
 LOOPBACK_IP = "127.0.0.2"
 # What a Ray worker (a Tune trial's actor) runs with. Its polars only writes each job's one-row and few-row
-# Parquet files: a pool of threads per core made each such write cost ~1.5 ms more CPU than one thread
-# (measured: 3.2 vs 1.7 ms per curve file, 2.9 vs 1.7 ms per row), on cores the trainers need.
+# Parquet files, for which a pool of threads per core costs CPU the trainers need (~0.7 ms a job, measured
+# on the worker's own per-job code; 1.5 ms a file in a loop of writes).
 WORKER_ENV = {"POLARS_MAX_THREADS": "1"}
 
 
