@@ -1,7 +1,7 @@
 """The report page kept fresh during a sweep: `<root>/sweeps/<name>/report.html`, rewritten every
 GROKSWEEP_REPORT_EVERY_S seconds (default 180; 0: off) by a separate process at the lowest CPU priority
-(nice 19, its autogroup too: `lowest_priority`), never by the driver, so the page costs the sweep nothing
-it would notice.
+(nice 19, its autogroup too: `lowest_priority`), never by the driver, and less often when a page is costly
+(`wait_after`: at most 1 % of a core on average), so the page costs the sweep nothing it would notice.
 
 The driver only starts it (`start`). The process watches the sweep's lease: once the process that started
 it no longer holds the lease (the run ended, was interrupted, or was killed), it writes the page one last
@@ -23,6 +23,7 @@ ENV = "GROKSWEEP_REPORT_EVERY_S"
 DEFAULT_EVERY_S = 180.0
 PAGE = "report.html"
 POLL_S = 1.0
+CPU_SHARE = 0.01  # at most this share of one core, on average, for the pages drawn during a run
 
 
 def every_s() -> float:
@@ -83,10 +84,18 @@ def refresh(root: str, name: str, every: float, parent: int, grace_s: float = 30
     due = time.monotonic() + every
     while _parent_holds(root, name, parent):
         if time.monotonic() >= due:
+            cpu = time.process_time()
             _write(root, name)
-            due = time.monotonic() + every
+            due = time.monotonic() + wait_after(every, time.process_time() - cpu)
         time.sleep(POLL_S)
     _write(root, name)
+
+
+def wait_after(every: float, page_cpu_s: float) -> float:
+    """Seconds to the next page: `every`, or longer when a page took so much CPU that the refresher would use
+    more than CPU_SHARE of a core. Even at nice 19 the page slowed a CPU-bound 10,000-job sweep by ~5 %
+    (its reads of the store, its caches), so a page's cost sets how often it is drawn."""
+    return max(every, page_cpu_s / CPU_SHARE)
 
 
 def lowest_priority() -> None:

@@ -339,15 +339,34 @@ def _grid(curves: pl.DataFrame) -> np.ndarray:
 
 
 def interpolated(curves: pl.DataFrame, column: str, trial_ids: list[str], grid: np.ndarray) -> np.ndarray:
-    """(jobs, grid) values of `column`, linearly interpolated; a job that ended keeps its last value,
-    before its first evaluation it is NaN."""
+    """(jobs, grid) values of `column`, linearly interpolated (np.interp's arithmetic); a job that ended keeps
+    its last value, before its first evaluation it is NaN. All jobs at once: a loop over 10,000 jobs' curves
+    made a live page of a 10,000-job sweep cost ~6 s of CPU."""
     out = np.full((len(trial_ids), grid.size), np.nan)
     position = {t: i for i, t in enumerate(trial_ids)}
-    frame = curves.select("trial_id", "step", column).drop_nulls().filter(pl.col(column).is_not_nan())
-    for (trial_id,), curve in frame.sort("step").partition_by("trial_id", as_dict=True).items():
-        if trial_id in position and curve.height:
-            steps, values = curve["step"].to_numpy().astype(float), curve[column].to_numpy()
-            out[position[trial_id]] = np.interp(grid, steps, values, left=np.nan, right=values[-1])
+    frame = (curves.select("trial_id", "step", column).drop_nulls().filter(pl.col(column).is_not_nan())
+             .join(pl.DataFrame({"trial_id": list(position), "row": list(position.values())},
+                                schema={"trial_id": pl.String, "row": pl.Int64}), on="trial_id")
+             .sort("row", "step"))
+    if frame.is_empty():
+        return out
+    rows, steps = frame["row"].to_numpy(), frame["step"].to_numpy().astype(float)
+    values = frame[column].to_numpy().astype(float)
+    # one sorted key for (job, step): row * width + the step's rank among every step and grid point (exact)
+    levels = np.unique(np.concatenate([steps, grid]))
+    width = levels.size + 1
+    keys = rows * width + np.searchsorted(levels, steps)
+    jobs = np.unique(rows)
+    query = jobs[:, None] * width + np.searchsorted(levels, grid)[None, :]
+    last = np.searchsorted(keys, query, side="right") - 1  # the job's last evaluation at or before each point
+    before = np.clip(last, 0, None)
+    seen = (last >= 0) & (rows[before] == jobs[:, None])  # else: before the job's first evaluation (NaN)
+    following = np.minimum(before + 1, rows.size - 1)
+    between = seen & (following != before) & (rows[following] == jobs[:, None]) & (steps[before] < grid[None, :])
+    slope = np.where(between, (values[following] - values[before]) /
+                     np.where(between, steps[following] - steps[before], 1.0), 0.0)
+    result = np.where(between, slope * (grid[None, :] - steps[before]) + values[before], values[before])
+    out[jobs] = np.where(seen, result, np.nan)
     return out
 
 

@@ -75,6 +75,44 @@ def test_progress_measures_drawn_when_present_skipped_when_absent(tmp_path):
     assert report.progress_section(data) is None
 
 
+def test_curves_interpolated_all_at_once_as_np_interp_per_job():
+    """report.interpolated works on every job at once (a per-job loop cost seconds on 10,000-job pages): it
+    must give, bit for bit, np.interp on each job's own curve -- NaN before its first evaluation, its last
+    value after its end -- with evaluations at different steps, gaps (NaN/null values), one-evaluation jobs,
+    grid points on evaluated steps, and asked-for jobs that have no curve."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for job in range(60):
+        steps = np.unique(rng.integers(0, 3000, size=int(rng.integers(1, 12))))
+        for step in steps:
+            value = float(rng.random())
+            rows.append({"trial_id": f"j{job}", "step": int(step),
+                         "val_acc": None if rng.random() < 0.05 else (float("nan") if rng.random() < 0.05 else value)})
+    curves = pl.DataFrame(rows, schema={"trial_id": pl.String, "step": pl.Int64, "val_acc": pl.Float64})
+    ids = [f"j{job}" for job in rng.permutation(60)] + ["no-curve"]
+    grid = np.unique(np.concatenate([[0, 5, 2999, 4000], np.geomspace(1, 3500, 40), curves["step"].to_numpy()[:20]]))
+    got = report.interpolated(curves, "val_acc", ids, grid)
+    for i, trial_id in enumerate(ids):
+        curve = curves.filter((pl.col("trial_id") == trial_id) & pl.col("val_acc").is_not_null()
+                              & pl.col("val_acc").is_not_nan()).sort("step")
+        if curve.is_empty():
+            assert np.isnan(got[i]).all()
+            continue
+        values = curve["val_acc"].to_numpy()
+        expected = np.interp(grid, curve["step"].to_numpy().astype(float), values, left=np.nan, right=values[-1])
+        assert np.array_equal(got[i], expected, equal_nan=True), trial_id
+
+
+def test_live_page_drawn_less_often_when_it_costs_more_than_its_cpu_share():
+    from orchestrator import live_report
+
+    assert live_report.wait_after(180.0, 0.5) == 180.0  # a cheap page: every 180 s
+    assert live_report.wait_after(180.0, 2.0) == 2.0 / live_report.CPU_SHARE  # a 10,000-job page: 200 s
+    assert live_report.wait_after(180.0, 8.0) / 8.0 == 1 / live_report.CPU_SHARE
+
+
 def test_bands_beyond_max_lines(sweep_root):
     root, ids = sweep_root
     data = report.load(["synth"], root)
