@@ -28,7 +28,11 @@ def writer(root: str, name: str) -> lease.LeaseRecord | None:
 
 def trials_table(root: str, name: str) -> pl.DataFrame:
     """The sweep's rows, with `running` shown as `interrupted` when no live writer holds the sweep."""
-    table = reconcile.rows(root, name).sort("trial_id")
+    return shown_status(root, name, reconcile.rows(root, name).sort("trial_id"))
+
+
+def shown_status(root: str, name: str, table: pl.DataFrame) -> pl.DataFrame:
+    """The sweep's stored rows `table`, with `running` shown as `interrupted` when no live writer holds it."""
     if table.height and writer(root, name) is None:
         table = table.with_columns(pl.when(pl.col("status") == store.RUNNING).then(pl.lit(store.INTERRUPTED))
                                    .otherwise(pl.col("status")).alias("status"))

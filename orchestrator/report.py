@@ -49,11 +49,12 @@ class ReportData:
     names: list[str]
     specs: dict[str, SweepSpec]
     spec_texts: dict[str, str]
-    trials: pl.DataFrame
+    trials: pl.DataFrame  # `running` shown as `interrupted` where no live writer holds the sweep
     curves: pl.DataFrame
     swept: list[str]
     color_by: str | None
     notes: list[str] = field(default_factory=list)
+    stored_trials: pl.DataFrame | None = None  # the rows as stored, for studies.study / phase (read once)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Section:
 
 def load(names: list[str], results: str | Path | None = None, color_by: str | None = None) -> ReportData:
     """Read the sweeps' specs, rows (a `running` row without a live writer shown `interrupted`) and curves."""
-    from orchestrator import overview
+    from orchestrator import overview, reconcile
     from orchestrator.sweep import SPEC_FILE, load_sweep_spec, resolve_root
 
     if not names:
@@ -79,9 +80,12 @@ def load(names: list[str], results: str | Path | None = None, color_by: str | No
     root = resolve_root(results)
     specs = {name: load_sweep_spec(root, name) for name in names}
     texts = {name: (store.read_sweep_file(root, name, SPEC_FILE) or b"").decode() for name in names}
-    frames = [overview.trials_table(root, name) for name in names]
+    stored = [reconcile.rows(root, name).sort("trial_id") for name in names]  # read once for the whole page
+    frames = [overview.shown_status(root, name, table) for name, table in zip(names, stored, strict=True)]
     trials = pl.concat([f for f in frames if f.height], how="vertical_relaxed") if any(f.height for f in frames) \
         else pl.DataFrame(schema=store.TRIAL_SCHEMA)
+    stored_trials = pl.concat([f for f in stored if f.height], how="vertical_relaxed") \
+        if any(f.height for f in stored) else pl.DataFrame(schema=store.TRIAL_SCHEMA)
     present = [name for name in names if name in store.sweeps(root)]
     curves = store.collect(lambda: store.curves(root, present)) if present else pl.DataFrame(schema=store.CURVE_SCHEMA)
     swept: list[str] = []
@@ -91,7 +95,7 @@ def load(names: list[str], results: str | Path | None = None, color_by: str | No
         raise UserError(f"--color-by: unknown column {color_by!r}; use a trial column such as "
                         f"{', '.join(swept) or 'weight_decay'}")
     return ReportData(root=root, names=names, specs=specs, spec_texts=texts, trials=trials, curves=curves,
-                      swept=swept, color_by=color_by or (swept[0] if swept else None))
+                      swept=swept, color_by=color_by or (swept[0] if swept else None), stored_trials=stored_trials)
 
 
 # --- helpers ---
@@ -464,7 +468,7 @@ def scaling_section(data: ReportData) -> Section:
         return Section("scaling", "Scaling study", note="No numeric swept parameter to scale against.")
     x_name = numeric[0]
     try:
-        result = studies.study(data.names, x=x_name, root=data.root, n_boot=N_BOOT)
+        result = studies.study(data.names, x=x_name, root=data.root, n_boot=N_BOOT, rows=data.stored_trials)
     except UserError as error:
         return Section("scaling", "Scaling study", note=str(error))
     all_x = result.rows[x_name].cast(pl.Float64).to_numpy()
@@ -532,7 +536,7 @@ def phase_section(data: ReportData) -> Section:
                        f"this sweep searches {', '.join(data.swept) or 'none'}.")
     x_name, y_name = data.swept[:2]
     try:
-        diagram = studies.phase(data.names, x=x_name, y=y_name, root=data.root)
+        diagram = studies.phase(data.names, x=x_name, y=y_name, root=data.root, rows=data.stored_trials)
     except UserError as error:
         return Section("phase", "Phase diagram", note=str(error))
     jobs = diagram.trials

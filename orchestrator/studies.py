@@ -142,12 +142,17 @@ def fit_scaling(groups: list[tuple[float, np.ndarray, np.ndarray]], n_boot: int 
 
 # --- loading ---
 
-def _finished_trials(root: str | Path | None, names: list[str], columns: list[str]) -> pl.DataFrame:
-    """The named sweeps' trials that are no longer running, with `columns` checked against the schema."""
+def _finished_trials(root: str | Path | None, names: list[str], columns: list[str],
+                     rows: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The named sweeps' trials that are no longer running, with `columns` checked against the schema.
+    `rows`: their stored rows, already read by the caller (the report page reads them once); else read."""
     for column in columns:
         if column not in store.TRIAL_SCHEMA:
             raise UserError(f"unknown column {column!r}; trial columns: {', '.join(store.TRIAL_SCHEMA)}")
-    frame = store.collect(lambda: store.trials(root, names).filter(pl.col("status") != store.RUNNING))
+    if rows is not None:
+        frame = rows.filter(pl.col("status") != store.RUNNING)
+    else:
+        frame = store.collect(lambda: store.trials(root, names).filter(pl.col("status") != store.RUNNING))
     if frame.is_empty():
         raise UserError(f"no finished trials in sweep(s) {', '.join(names)}")
     return frame
@@ -169,18 +174,20 @@ class Study:
 
 
 def study(names: list[str], x: str, by: str | None = None, metric: str = "steps_to_generalize",
-          root: str | Path | None = None, n_boot: int = 1000, seed: int = 0, bins: int | None = None) -> Study:
+          root: str | Path | None = None, n_boot: int = 1000, seed: int = 0, bins: int | None = None,
+          rows: pl.DataFrame | None = None) -> Study:
     """For each x (and `by` group): n_trials, n_grokked, the KM median of `metric` with its CI, and the
     plain median grokking_delay of the trials that grokked; plus the power-law fit of km_median vs x.
 
     bins: a continuous x (a distribution in a random/Optuna sweep, where each sampled value is its own
     group of a few seeds) is binned: None chooses a number from the data for such an x and leaves grid
     values alone; 0 never bins; N bins into N quantile bins (log-spaced where x > 0 spans decades). A bin's
-    x is the geometric (or plain) mean of its jobs' x, and its edges are `x_low` / `x_high`."""
+    x is the geometric (or plain) mean of its jobs' x, and its edges are `x_low` / `x_high`.
+    rows: the sweeps' stored rows if already read (store.trials), else they are read here."""
     if bins is not None and bins < 0:
         raise UserError(f"--bins: must be >= 0 (0: no binning), got {bins}")
     columns = [x] + ([by] if by else [])
-    frame = time_to_event(_finished_trials(root, names, columns), metric)
+    frame = time_to_event(_finished_trials(root, names, columns, rows), metric)
     if frame.is_empty():
         raise UserError(f"no finished trials with a step count in sweep(s) {', '.join(names)}")
     if bins is None:
@@ -308,14 +315,15 @@ class PhaseDiagram:
 
 
 def phase(names: list[str], x: str, y: str, root: str | Path | None = None,
-          thresholds: PhaseThresholds = PhaseThresholds()) -> PhaseDiagram:
-    """Each trial's phase, and per (x, y) cell the counts and the most common phase (ties: PHASES order)."""
+          thresholds: PhaseThresholds = PhaseThresholds(), rows: pl.DataFrame | None = None) -> PhaseDiagram:
+    """Each trial's phase, and per (x, y) cell the counts and the most common phase (ties: PHASES order).
+    rows: the sweeps' stored rows if already read (store.trials), else they are read here."""
     if thresholds.grok_factor < 0:
         raise UserError(f"--grok-factor: must be >= 0, got {thresholds.grok_factor}")
     for name in ("memorize_acc", "generalize_acc"):
         if not 0 < getattr(thresholds, name) <= 1:
             raise UserError(f"--{name.replace('_', '-')}: must be in (0, 1], got {getattr(thresholds, name)}")
-    frame = _event_steps(root, names, _finished_trials(root, names, [x, y]), thresholds)
+    frame = _event_steps(root, names, _finished_trials(root, names, [x, y], rows), thresholds)
     labelled = frame.with_columns(phase=pl.struct("_mem", "_gen").map_elements(
         lambda s: classify(s["_mem"], s["_gen"], thresholds.grok_factor), return_dtype=pl.String))
     counts = {f"n_{p}": (pl.col("phase") == p).sum().cast(pl.Int64) for p in PHASES}
