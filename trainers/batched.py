@@ -42,7 +42,7 @@ from trainers.loop import (
     resumed_history,
 )
 from trainers.metrics import EventTracker, evaluate_stacked
-from trainers.models import build_model
+from trainers.models import build_model, square_then_project_backward
 from trainers.optim import GradientFilter, learning_rate, make_optimizer, per_sample_loss
 from trainers.progress import StackedProgress
 from trainers.tasks import MODULAR, make_dataset
@@ -104,10 +104,9 @@ def _block(P: dict[str, torch.Tensor], i: int, x: torch.Tensor, heads: int, last
 
 
 class _SquareThenProject(torch.autograd.Function):
-    """bmm(h * h, w_out^T) with models._QuadraticMLP's backward: the activation's factor 2 goes on the small
-    (K, B, n) logit gradient, then one in-place product with h. Autograd's backward of h * h is two products
-    and a sum over the (K, B, width) activations, the model's largest tensors: on a GPU the batched MLP's
-    step is bound by passes over them, not by launches."""
+    """bmm(h * h, w_out^T) with the single model's backward (models.square_then_project_backward): one pass
+    over the (K, B, width) activations, the model's largest tensors, where autograd's h * h takes three; on
+    a GPU the batched MLP's step is bound by passes over them, not by launches."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
@@ -117,9 +116,7 @@ class _SquareThenProject(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, a, w_out = ctx.saved_tensors
-        grad_w_out = torch.bmm(grad.transpose(1, 2), a)  # (K, n, width), as the single model's grad.t().mm(a)
-        return torch.bmm(grad * 2, w_out).mul_(h), grad_w_out
+        return square_then_project_backward(grad, *ctx.saved_tensors)
 
 
 def forward(config: TrainConfig, P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

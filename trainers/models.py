@@ -64,10 +64,18 @@ class _RowSum(torch.autograd.Function):
         return None, _rows_gradient(x, grad, ctx.rows, ctx.scatter), None
 
 
+def square_then_project_backward(grad: torch.Tensor, h: torch.Tensor, a: torch.Tensor,
+                                 w_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients (of h, of w_out) of logits = (h * h) @ w_out^T, a = h * h, for one model ((B, width))
+    or a leading member axis ((K, B, width); trainers.batched). The activation's factor 2 goes on the small
+    logit gradient (an exact scaling), then one in-place product with h: one pass over the activations,
+    where autograd's backward of h * h takes two products and a sum, and no temporary."""
+    grad_w_out = grad.mT @ a  # (..., n, width)
+    return (grad * 2 @ w_out).mul_(h), grad_w_out
+
+
 class _QuadraticMLP(torch.autograd.Function):
-    """(w_in[x0] + w_in[x1])^2 @ w_out^T as one autograd node. Its backward applies the activation's factor
-    2 to the small (B, n) logit gradient (an exact scaling) and multiplies by h in place: one pass over the
-    (B, width) activations fewer than autograd's h * h, and no temporary."""
+    """(w_in[x0] + w_in[x1])^2 @ w_out^T as one autograd node (backward: square_then_project_backward)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
@@ -81,8 +89,7 @@ class _QuadraticMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None]:
         x, h, a, w_out = ctx.saved_tensors
-        grad_w_out = grad.t().mm(a)  # (n, width)
-        grad_h = (grad * 2).mm(w_out).mul_(h)  # d/dh of h^2 = 2h, the 2 applied to the small (B, n) gradient
+        grad_h, grad_w_out = square_then_project_backward(grad, h, a, w_out)
         return None, _rows_gradient(x, grad_h, ctx.rows, ctx.scatter), grad_w_out, None
 
 
